@@ -1,0 +1,1 @@
+"""The `sa-megatron` command line."""

@@ -1,0 +1,1 @@
+"""One module per `sa-megatron` subcommand; each exposes `register(subparsers)`."""

@@ -1,0 +1,45 @@
+"""`sa-megatron config show|fields`: print the resolved config, or document every field."""
+
+import dataclasses
+import typing
+
+import yaml
+
+
+def add_config_arguments(parser) -> None:
+    """The CONFIG... and --set arguments shared by every command that reads a run config."""
+    parser.add_argument("configs", nargs="*", metavar="CONFIG", help="YAML files, merged left to right")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="override one field after the files (repeatable), e.g. --set training.train_iters=50",
+    )
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("config", help="inspect configs")
+    actions = parser.add_subparsers(dest="action", required=True)
+    show = actions.add_parser("show", help="print the resolved config as YAML")
+    add_config_arguments(show)
+    show.set_defaults(handler=show_config)
+    actions.add_parser("fields", help="list every field with its type, default and meaning").set_defaults(
+        handler=list_fields
+    )
+
+
+def show_config(args) -> None:
+    from sa_megatron.config import load_config, to_dict
+
+    print(yaml.safe_dump(to_dict(load_config(args.configs, args.overrides)), sort_keys=False), end="")
+
+
+def list_fields(args) -> None:
+    from sa_megatron.config.schema import SECTIONS
+
+    for section, cls in SECTIONS.items():
+        print(f"{section}:")
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            hint = hints[f.name]
+            type_name = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+            print(f"  {f.name}: {default!r}  [{type_name}]\n      {f.metadata['doc']}")

@@ -1,0 +1,115 @@
+"""Load YAML config files into the typed `Config`, merging left to right, then `--set` overrides."""
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+
+import yaml
+
+from sa_megatron.config.schema import SECTIONS, Config
+from sa_megatron.errors import ConfigError
+
+
+def load_config(files=(), overrides=(), validate_config=True) -> Config:
+    """Merge `files` (later wins), apply `overrides` ("section.key=value"), type-check and validate."""
+    merged: dict = {}
+    for path in files:
+        _merge(merged, _read_yaml(Path(path)), source=str(path))
+    for item in overrides:
+        _merge(merged, _parse_override(item), source=f"--set {item}")
+    config = from_dict(merged)
+    if validate_config:
+        from sa_megatron.config.validate import validate
+
+        validate(config)
+    return config
+
+
+def from_dict(raw: dict) -> Config:
+    """Build a `Config` from nested plain data, with did-you-mean errors for unknown keys."""
+    sections = {}
+    for name, values in raw.items():
+        _check_known(name, SECTIONS, "config section")
+        cls = SECTIONS[name]
+        if not isinstance(values, dict):
+            raise ConfigError(f"section '{name}' must be a mapping of keys to values, got {values!r}")
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for key, value in values.items():
+            _check_known(key, hints, f"key in section '{name}'")
+            kwargs[key] = _coerce(value, hints[key], f"{name}.{key}")
+        sections[name] = cls(**kwargs)
+    return Config(**sections)
+
+
+def to_dict(config: Config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _parse_override(item: str) -> dict:
+    key, sep, text = item.partition("=")
+    parts = key.strip().split(".")
+    if not sep or len(parts) != 2 or not all(parts):
+        raise ConfigError(f"override '{item}' must look like section.key=value (e.g. training.train_iters=100)")
+    return {parts[0]: {parts[1]: yaml.safe_load(text) if text.strip() else None}}
+
+
+def _merge(into: dict, update: dict, source: str) -> None:
+    for section, values in update.items():
+        if isinstance(values, dict) and isinstance(into.get(section), dict):
+            into[section].update(values)
+        else:
+            into[section] = values
+
+
+def _check_known(name, known, what: str) -> None:
+    if name not in known:
+        close = difflib.get_close_matches(str(name), list(known), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; expected one of: {', '.join(known)}"
+        raise ConfigError(f"unknown {what} '{name}'{hint}")
+
+
+def _coerce(value, hint, where: str):
+    """Check `value` against a type hint, converting only where YAML is ambiguous (int→float, '1e-4'→float)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, where)
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{where} must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where} must be a number, got {value!r}")
+    if hint is int and isinstance(value, bool) or not isinstance(value, hint):
+        raise ConfigError(f"{where} must be of type {hint.__name__}, got {value!r}")
+    return value

@@ -1,0 +1,127 @@
+"""The run configuration: one dataclass per section, one docstring (`doc=`) per field.
+
+YAML files are merged into these by `sa_megatron.config.load_config`; cross-field rules live in
+`sa_megatron.config.validate`. Field defaults describe a small GPT that trains on a laptop.
+"""
+
+from dataclasses import dataclass, field, fields
+from typing import Literal, Optional
+
+
+def doc(default, text: str):
+    """A dataclass field with a default and a one-line description shown by `config fields`."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"doc": text})
+    return field(default=default, metadata={"doc": text})
+
+
+@dataclass
+class ModelConfig:
+    num_layers: int = doc(2, "Transformer blocks.")
+    hidden_size: int = doc(128, "Width of the residual stream.")
+    num_attention_heads: int = doc(4, "Attention heads; must divide hidden_size.")
+    ffn_hidden_size: Optional[int] = doc(None, "MLP inner width; null = 4*hidden (gelu) or 8/3*hidden rounded to 64 (swiglu).")
+    seq_length: int = doc(128, "Training context length in tokens.")
+    max_position_embeddings: Optional[int] = doc(None, "Rows of the learned position table; null = seq_length.")
+    vocab_size: Optional[int] = doc(None, "Tokenizer vocabulary; null = read from tokenizer.model.")
+    make_vocab_size_divisible_by: int = doc(128, "Pad the embedding rows to a multiple of this times tensor_parallel (Megatron convention).")
+    norm: Literal["layernorm", "rmsnorm"] = doc("layernorm", "Normalization layer.")
+    norm_eps: float = doc(1e-5, "Epsilon of the normalization layers.")
+    mlp: Literal["gelu", "swiglu"] = doc("gelu", "MLP activation.")
+    bias: bool = doc(True, "Use biases in linear layers.")
+    tie_embeddings: bool = doc(True, "Share the input embedding with the output head.")
+    position_encoding: Literal["learned", "rope", "alibi", "kerple", "none", "dapev2-kerple"] = doc(
+        "rope", "Position encoding; alibi/kerple are attention biases, dapev2-kerple runs on the eager attention path only.")
+    rope_base: float = doc(10000.0, "RoPE frequency base.")
+    attention: Literal["softmax", "sa", "sa_raw"] = doc("sa", "Attention weighting: softmax, SA-Softmax (normalized), or raw x*softmax(x).")
+    attention_eps: float = doc(1e-6, "Epsilon in the SA-Softmax normalizer (max - min + eps).")
+    attention_backend: Literal["auto", "triton", "chunked", "eager"] = doc("auto", "Attention core: auto = triton on GPU, chunked/eager on CPU.")
+    init_method: Literal["small_init", "wang_init", "normal"] = doc(
+        "small_init", "Weight init: GPT-NeoX small_init for inputs and wang_init for output projections, or N(0, init_std) everywhere.")
+    init_std: float = doc(0.02, "Std of the 'normal' init method.")
+    hidden_dropout: float = doc(0.0, "Dropout on the residual branches and embeddings.")
+
+
+@dataclass
+class ParallelConfig:
+    tensor_parallel: int = doc(1, "Tensor-parallel ranks (Megatron column/row split).")
+    pipeline_parallel: int = doc(1, "Pipeline stages (DeepSpeed PipelineModule).")
+    zero_stage: int = doc(0, "DeepSpeed ZeRO stage 0-3; stages 2 and 3 cannot be combined with pipeline_parallel > 1.")
+    backend: Literal["auto", "gloo", "nccl"] = doc("auto", "torch.distributed backend; auto = nccl on GPU, gloo on CPU.")
+
+
+@dataclass
+class DataConfig:
+    paths: list[str] = doc([], "Dataset prefixes (PREFIX.bin + PREFIX.idx written by `sa-megatron data preprocess`).")
+    weights: Optional[list[float]] = doc(None, "Blend weight per path; null = proportional to size.")
+    split: str = doc("969,30,1", "Train,valid,test proportions of each dataset's documents.")
+    cache_dir: Optional[str] = doc(None, "Where sample indices are cached; null = next to each dataset.")
+
+
+@dataclass
+class TokenizerConfig:
+    model: Optional[str] = doc(None, "Path to a sentencepiece .model file.")
+    vocab_size: int = doc(8000, "Vocabulary size when training a tokenizer.")
+    model_type: Literal["bpe", "unigram"] = doc("bpe", "Sentencepiece algorithm when training a tokenizer.")
+
+
+@dataclass
+class OptimizerConfig:
+    lr: float = doc(6e-4, "Peak learning rate (AdamW).")
+    min_lr: float = doc(6e-5, "Learning rate at the end of decay.")
+    weight_decay: float = doc(0.1, "AdamW weight decay; norms, biases and position-bias parameters are exempt.")
+    beta1: float = doc(0.9, "AdamW beta1.")
+    beta2: float = doc(0.95, "AdamW beta2.")
+    adam_eps: float = doc(1e-8, "AdamW epsilon.")
+    clip_grad: float = doc(1.0, "Global gradient-norm clip; 0 disables.")
+
+
+@dataclass
+class ScheduleConfig:
+    warmup_iters: int = doc(10, "Linear warmup steps.")
+    decay_iters: Optional[int] = doc(None, "Steps over which lr decays to min_lr; null = training.train_iters.")
+    decay_style: Literal["cosine", "linear", "constant"] = doc("cosine", "Shape of the decay after warmup.")
+
+
+@dataclass
+class TrainingConfig:
+    train_iters: int = doc(100, "Optimizer steps to train.")
+    micro_batch_size: int = doc(4, "Sequences per rank per forward pass.")
+    global_batch_size: int = doc(8, "Sequences per optimizer step over all data-parallel ranks.")
+    seed: int = doc(1234, "Seed for init, dropout and data order.")
+    precision: Literal["fp32", "bf16", "fp16"] = doc("fp32", "Training precision; fp16 uses a dynamic loss scale.")
+    initial_loss_scale_power: int = doc(16, "fp16 only: the dynamic loss scale starts at 2**this.")
+    activation_checkpointing: bool = doc(False, "Recompute each block's activations in backward.")
+    eval_interval: int = doc(50, "Steps between validation runs; 0 disables.")
+    eval_iters: int = doc(10, "Batches per validation run.")
+
+
+@dataclass
+class CheckpointConfig:
+    save_dir: Optional[str] = doc(None, "Checkpoint directory; the run auto-resumes from its newest complete checkpoint.")
+    save_interval: int = doc(50, "Steps between checkpoints; 0 = only at the end and on SIGTERM/SIGUSR1.")
+    keep_last: int = doc(3, "Checkpoints kept; older ones are deleted after a new one is complete.")
+
+
+@dataclass
+class LoggingConfig:
+    log_interval: int = doc(10, "Steps between console lines and TensorBoard scalars.")
+    tensorboard_dir: Optional[str] = doc(None, "TensorBoard event directory; null disables.")
+    peak_tflops_per_device: float = doc(0.0, "Peak dense TFLOP/s of one device for MFU (e.g. 989 for H100 bf16); 0 = MFU not reported.")
+    attention_stats: bool = doc(True, "Log per-layer q/k gradient norms and mean attention row mass.")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+SECTIONS = {f.name: f.type for f in fields(Config)}

@@ -1,0 +1,86 @@
+"""Every cross-field rule of the config, in one place, each failing with a message that says how to fix it."""
+
+from typing import Optional
+
+from sa_megatron.config.schema import Config
+from sa_megatron.errors import ConfigError
+
+
+def padded_vocab_size(vocab_size: int, divisible_by: int, tensor_parallel: int) -> int:
+    """Megatron's padding: round the vocab up so every tensor-parallel shard has equal, aligned rows."""
+    multiple = divisible_by * tensor_parallel
+    return -(-vocab_size // multiple) * multiple
+
+
+def data_parallel_size(config: Config, world_size: int) -> int:
+    model_parallel = config.parallel.tensor_parallel * config.parallel.pipeline_parallel
+    if world_size % model_parallel:
+        raise ConfigError(
+            f"world size {world_size} is not divisible by tensor_parallel × pipeline_parallel = {model_parallel}"
+        )
+    return world_size // model_parallel
+
+
+def validate(config: Config, world_size: Optional[int] = None) -> None:
+    """Raise ConfigError on the first broken rule; `world_size` enables the batch-size rule."""
+    m, p, t = config.model, config.parallel, config.training
+    _positive(m, "model", "num_layers", "hidden_size", "num_attention_heads", "seq_length", "make_vocab_size_divisible_by")
+    _positive(p, "parallel", "tensor_parallel", "pipeline_parallel")
+    _positive(t, "training", "train_iters", "micro_batch_size", "global_batch_size")
+    if m.hidden_size % m.num_attention_heads:
+        raise ConfigError(
+            f"model.hidden_size ({m.hidden_size}) must be divisible by model.num_attention_heads ({m.num_attention_heads})"
+        )
+    if m.num_attention_heads % p.tensor_parallel:
+        raise ConfigError(
+            f"model.num_attention_heads ({m.num_attention_heads}) must be divisible by parallel.tensor_parallel ({p.tensor_parallel})"
+        )
+    if m.num_layers % p.pipeline_parallel:
+        raise ConfigError(
+            f"model.num_layers ({m.num_layers}) must be divisible by parallel.pipeline_parallel ({p.pipeline_parallel})"
+        )
+    if p.zero_stage not in (0, 1, 2, 3):
+        raise ConfigError(f"parallel.zero_stage must be 0, 1, 2 or 3, got {p.zero_stage}")
+    if p.pipeline_parallel > 1 and p.zero_stage >= 2:
+        raise ConfigError(
+            f"parallel.zero_stage={p.zero_stage} cannot be combined with pipeline_parallel={p.pipeline_parallel}: "
+            "DeepSpeed's pipeline engine supports ZeRO stage 0 or 1 only"
+        )
+    if m.vocab_size is not None and m.vocab_size <= 0:
+        raise ConfigError(f"model.vocab_size must be positive, got {m.vocab_size}")
+    if m.max_position_embeddings is not None and m.position_encoding == "learned" and m.max_position_embeddings < m.seq_length:
+        raise ConfigError(
+            f"model.max_position_embeddings ({m.max_position_embeddings}) is smaller than model.seq_length ({m.seq_length})"
+        )
+    for name in ("hidden_dropout",):
+        if not 0.0 <= getattr(m, name) < 1.0:
+            raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(m, name)}")
+    if config.data.weights is not None and len(config.data.weights) != len(config.data.paths):
+        raise ConfigError(
+            f"data.weights has {len(config.data.weights)} entries but data.paths has {len(config.data.paths)}"
+        )
+    _check_split(config.data.split)
+    if config.optimizer.min_lr > config.optimizer.lr:
+        raise ConfigError(f"optimizer.min_lr ({config.optimizer.min_lr}) exceeds optimizer.lr ({config.optimizer.lr})")
+    if world_size is not None:
+        dp = data_parallel_size(config, world_size)
+        if t.global_batch_size % (t.micro_batch_size * dp):
+            raise ConfigError(
+                f"training.global_batch_size ({t.global_batch_size}) must be divisible by "
+                f"micro_batch_size × data_parallel = {t.micro_batch_size} × {dp}"
+            )
+
+
+def _positive(section, name: str, *keys: str) -> None:
+    for key in keys:
+        if getattr(section, key) <= 0:
+            raise ConfigError(f"{name}.{key} must be positive, got {getattr(section, key)}")
+
+
+def _check_split(split: str) -> None:
+    try:
+        parts = [float(x) for x in split.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) != 3 or min(parts) < 0 or sum(parts) <= 0:
+        raise ConfigError(f"data.split must be three non-negative numbers like '969,30,1', got '{split}'")
