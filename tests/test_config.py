@@ -1,0 +1,114 @@
+"""The typed config: merging, overrides, type checks and every validation rule."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from launcher.cli import main
+from sa_megatron.config import load_config, padded_vocab_size, to_dict, validate
+from sa_megatron.errors import ConfigError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def write(tmp_path, name, data):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_files_merge_left_to_right_then_overrides(tmp_path):
+    base = write(tmp_path, "a.yaml", {"model": {"num_layers": 6, "hidden_size": 256}, "training": {"seed": 1}})
+    top = write(tmp_path, "b.yaml", {"model": {"num_layers": 8}})
+    config = load_config([base, top], ["training.seed=7", "optimizer.lr=1e-4"])
+    assert config.model.num_layers == 8  # b.yaml wins over a.yaml
+    assert config.model.hidden_size == 256  # untouched keys of a.yaml survive the merge
+    assert config.training.seed == 7
+    assert config.optimizer.lr == pytest.approx(1e-4)  # YAML reads 1e-4 as a string; floats accept it
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_are_valid(path):
+    validate(load_config([path]), world_size=1)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.hiden_size=64", "did you mean 'hidden_size'"),
+        ("modle.num_layers=2", "did you mean 'model'"),
+        ("model.norm=batchnorm", "model.norm must be one of 'layernorm', 'rmsnorm'"),
+        ("training.train_iters=ten", "training.train_iters must be of type int"),
+        ("model.tie_embeddings=3", "model.tie_embeddings must be of type bool"),
+        ("training.micro_batch_size=true", "must be of type int"),
+        ("model.hidden_size=130", "hidden_size (130) must be divisible by model.num_attention_heads (4)"),
+        ("parallel.tensor_parallel=3", "num_attention_heads (4) must be divisible by parallel.tensor_parallel (3)"),
+        ("parallel.pipeline_parallel=3", "num_layers (2) must be divisible by parallel.pipeline_parallel (3)"),
+        ("data.split=90,10", "data.split must be three non-negative numbers"),
+        ("parallel.zero_stage=4", "zero_stage must be 0, 1, 2 or 3"),
+        ("model.num_layers=0", "model.num_layers must be positive"),
+        ("noequals", "must look like section.key=value"),
+    ],
+)
+def test_bad_values_name_the_field(override, message):
+    with pytest.raises(ConfigError, match=None) as err:
+        load_config([], [override])
+    assert message in str(err.value)
+
+
+def test_pipeline_with_zero2_is_rejected():
+    with pytest.raises(ConfigError, match="DeepSpeed's pipeline engine supports ZeRO stage 0 or 1"):
+        load_config([], ["parallel.pipeline_parallel=2", "parallel.zero_stage=2"])
+
+
+def test_global_batch_must_split_over_micro_batches_and_data_parallel():
+    config = load_config([], ["training.micro_batch_size=4", "training.global_batch_size=12"])
+    validate(config, world_size=1)
+    with pytest.raises(ConfigError, match=r"global_batch_size \(12\) must be divisible by micro_batch_size × data_parallel = 4 × 2"):
+        validate(config, world_size=2)
+    with pytest.raises(ConfigError, match="world size 3 is not divisible"):
+        validate(load_config([], ["parallel.tensor_parallel=2"]), world_size=3)
+
+
+def test_blend_weights_must_match_paths():
+    with pytest.raises(ConfigError, match="data.weights has 1 entries but data.paths has 2"):
+        load_config([], ["data.paths=[a, b]", "data.weights=[1.0]"])
+
+
+def test_vocab_padding_follows_megatron():
+    assert padded_vocab_size(50257, 128, 1) == 50304
+    assert padded_vocab_size(50257, 128, 2) == 50432
+    assert padded_vocab_size(256, 128, 2) == 256
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="does-not-exist.yaml does not exist"):
+        load_config([tmp_path / "does-not-exist.yaml"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed")
+    with pytest.raises(ConfigError, match="bad.yaml is not valid YAML"):
+        load_config([bad])
+    listing = write(tmp_path, "list.yaml", [1, 2])
+    with pytest.raises(ConfigError, match="must hold a mapping of sections"):
+        load_config([listing])
+
+
+def test_cli_show_prints_the_resolved_config(capsys):
+    assert main(["config", "show", str(CONFIGS / "models" / "125M.yaml"), "--set", "training.seed=3"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    expected = to_dict(load_config([CONFIGS / "models" / "125M.yaml"], ["training.seed=3"]))
+    assert shown == expected
+    assert shown["model"]["num_layers"] == 12 and shown["model"]["hidden_size"] == 768
+
+
+def test_cli_reports_errors_in_one_line(capsys):
+    assert main(["config", "show", "--set", "model.num_layres=2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "sa-megatron config: error: unknown key in section 'model' 'num_layres'; did you mean 'num_layers'?"
+
+
+def test_cli_fields_documents_every_field(capsys):
+    assert main(["config", "fields"]) == 0
+    out = capsys.readouterr().out
+    assert "zero_stage: 0  [int]" in out and "DeepSpeed ZeRO stage" in out
