@@ -1,0 +1,184 @@
+"""Fused Triton SA-Softmax attention: the autograd wrapper around the forward/backward kernels.
+
+``triton_attention(q, k, v, *, variant, causal, scale, alibi_slopes, kerple, eps)`` takes SDPA-layout tensors
+``(batch, heads, seq, head_dim)`` (K/V may have fewer heads that divide the query heads: grouped-query attention)
+and is differentiable with respect to q, k, v and the Kerple ``(p, a)`` parameters. Semantics are DESIGN §6's,
+shared with ``kernels/eager.py``; the bias convention is ``kernels/bias.py``'s.
+
+Runs on CUDA tensors, or on CPU tensors when ``TRITON_INTERPRET=1`` was set before triton was imported.
+"""
+import math
+
+import torch
+import triton
+
+from kernels.triton_backward import (PREPROCESS_BLOCK_M, sa_backward_dkdv_kernel, sa_backward_dq_kernel,
+                                     sa_backward_preprocess_kernel)
+from kernels.triton_common import INTERPRET, VARIANT_CODES
+from kernels.triton_forward import sa_forward_kernel
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_HEAD_DIM = 256
+
+
+def _bias_code(alibi_slopes, kerple):
+    return 1 if alibi_slopes is not None else 2 if kerple is not None else 0
+
+
+def _dot_precision(dtype):
+    # fp32 inputs get true fp32 products (torch's fp32 matmul default), not TF32.
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _block_d(head_dim):
+    return max(16, triton.next_power_of_2(head_dim))  # tl.dot needs every dimension >= 16
+
+
+def _bhn_strides(t):
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
+class _TritonSAAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, kerple_p, kerple_a, alibi_slopes, variant, causal, scale, eps):
+        batch, heads, n_q, head_dim = q.shape
+        kv_heads, n_k = k.shape[1], k.shape[2]
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        code = VARIANT_CODES[variant]
+        bias = _bias_code(alibi_slopes, kerple_p)
+        bias_params = torch.zeros(3, heads, device=q.device, dtype=torch.float32)
+        if alibi_slopes is not None:
+            bias_params[0] = alibi_slopes.detach().float()
+        if kerple_p is not None:
+            bias_params[1] = kerple_p.detach().float()
+            bias_params[2] = kerple_a.detach().float()
+
+        out = torch.empty_like(q)
+        stats = dict(device=q.device, dtype=torch.float32)
+        lse = torch.empty(batch * heads, n_q, **stats)
+        if variant == "sa":
+            out_std = torch.empty_like(q)
+            row_a = torch.empty(batch * heads, n_q, **stats)
+            row_delta = torch.empty(batch * heads, n_q, **stats)
+            argmin = torch.empty(batch * heads, n_q, device=q.device, dtype=torch.int32)
+            argmax = torch.empty(batch * heads, n_q, device=q.device, dtype=torch.int32)
+        else:  # not read by these variants' kernels
+            out_std, row_a, row_delta, argmin, argmax = out, lse, lse, lse, lse
+
+        def grid(meta):
+            return triton.cdiv(n_q, meta["BLOCK_M"]), batch * heads
+
+        sa_forward_kernel[grid](
+            q, k, v, out, out_std, lse, row_a, row_delta, argmin, argmax, bias_params,
+            *_bhn_strides(q), *_bhn_strides(k), *_bhn_strides(v), *_bhn_strides(out),
+            heads, heads // kv_heads, n_q, n_k, head_dim, scale, eps,
+            VARIANT=code, CAUSAL=causal, BIAS=bias, DOT_PRECISION=_dot_precision(q.dtype),
+            BLOCK_D=_block_d(head_dim),
+        )
+        ctx.save_for_backward(q, k, v, out, out_std, lse, row_a, row_delta, argmin, argmax, bias_params)
+        ctx.options = (variant, causal, scale, bias)
+        ctx.kerple_dtype = kerple_p.dtype if kerple_p is not None else None
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, out_std, lse, row_a, row_delta, argmin, argmax, bias_params = ctx.saved_tensors
+        variant, causal, scale, bias = ctx.options
+        batch, heads, n_q, head_dim = q.shape
+        kv_heads, n_k = k.shape[1], k.shape[2]
+        dout = dout.contiguous()
+        code = VARIANT_CODES[variant]
+        block_d = _block_d(head_dim)
+        precision = _dot_precision(q.dtype)
+        stats = dict(device=q.device, dtype=torch.float32)
+
+        row_d = torch.empty(batch * heads, n_q, **stats)
+        if variant == "sa":
+            row_ga = torch.empty(batch * heads, n_q, **stats)
+            row_gb = torch.empty(batch * heads, n_q, **stats)
+        else:  # not read by these variants' kernels
+            row_ga = row_gb = row_d
+        sa_backward_preprocess_kernel[(triton.cdiv(n_q, PREPROCESS_BLOCK_M), batch * heads)](
+            out, out_std, dout, row_delta, argmin, argmax, row_d, row_ga, row_gb,
+            *_bhn_strides(out), *_bhn_strides(dout), heads, n_q, head_dim,
+            VARIANT=code, BLOCK_M=PREPROCESS_BLOCK_M, BLOCK_D=block_d,
+        )
+
+        # dK / dV per query head; grouped-query heads are summed below (deterministic, no atomics).
+        dk = torch.empty(batch, heads, n_k, head_dim, device=q.device, dtype=q.dtype)
+        dv = torch.empty_like(dk)
+        common = dict(VARIANT=code, CAUSAL=causal, BIAS=bias, DOT_PRECISION=precision, BLOCK_D=block_d)
+        sa_backward_dkdv_kernel[lambda meta: (triton.cdiv(n_k, meta["BLOCK_N"]), batch * heads)](
+            q, k, v, dout, dk, dv, lse, row_a, row_delta, argmin, argmax, row_d, row_ga, row_gb, bias_params,
+            *_bhn_strides(q), *_bhn_strides(k), *_bhn_strides(v), *_bhn_strides(dout), *_bhn_strides(dk),
+            heads, heads // kv_heads, n_q, n_k, head_dim, scale, **common,
+        )
+
+        dq = torch.empty_like(q)
+        kerple = bias == 2
+        row_grad_p = torch.empty(batch * heads, n_q, **stats) if kerple else row_d
+        row_grad_a = torch.empty(batch * heads, n_q, **stats) if kerple else row_d
+        sa_backward_dq_kernel[lambda meta: (triton.cdiv(n_q, meta["BLOCK_M"]), batch * heads)](
+            q, k, v, dout, dq, lse, row_a, row_delta, argmin, argmax, row_d, row_ga, row_gb, bias_params,
+            row_grad_p, row_grad_a,
+            *_bhn_strides(q), *_bhn_strides(k), *_bhn_strides(v), *_bhn_strides(dout), *_bhn_strides(dq),
+            heads, heads // kv_heads, n_q, n_k, head_dim, scale, **common,
+        )
+
+        if kv_heads != heads:
+            group = heads // kv_heads
+            dk = dk.view(batch, kv_heads, group, n_k, head_dim).sum(2, dtype=torch.float32).to(q.dtype)
+            dv = dv.view(batch, kv_heads, group, n_k, head_dim).sum(2, dtype=torch.float32).to(q.dtype)
+        grad_p = grad_a = None
+        if kerple:
+            grad_p = row_grad_p.view(batch, heads, n_q).sum(dim=(0, 2))
+            grad_a = row_grad_a.view(batch, heads, n_q).sum(dim=(0, 2))
+            grad_p, grad_a = grad_p.to(ctx.kerple_dtype), grad_a.to(ctx.kerple_dtype)
+        return dq, dk, dv, grad_p, grad_a, None, None, None, None, None
+
+
+def _check_inputs(q, k, v, variant, causal, alibi_slopes, kerple):
+    if variant not in VARIANT_CODES:
+        raise ValueError(f"variant must be one of {tuple(VARIANT_CODES)}, got {variant!r}")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be (batch, heads, seq, head_dim), got shape {tuple(t.shape)}")
+        if t.dtype not in SUPPORTED_DTYPES:
+            raise ValueError(f"triton attention supports {SUPPORTED_DTYPES}, got {name}.dtype={t.dtype}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if q.device.type != "cuda" and not (INTERPRET and q.device.type == "cpu"):
+        raise ValueError(f"triton attention needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1 set before "
+                         f"importing triton), got device {q.device}")
+    batch, heads, n_q, head_dim = q.shape
+    if k.shape != v.shape or k.shape[0] != batch or k.shape[3] != head_dim:
+        raise ValueError(f"k and v must be (batch={batch}, kv_heads, n_k, head_dim={head_dim}) and equal, "
+                         f"got k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if k.shape[1] == 0 or heads % k.shape[1] != 0:
+        raise ValueError(f"query heads ({heads}) must be a multiple of K/V heads ({k.shape[1]})")
+    if head_dim > MAX_HEAD_DIM or head_dim == 0:
+        raise ValueError(f"triton attention supports head_dim in 1..{MAX_HEAD_DIM}, got {head_dim}")
+    n_k = k.shape[2]
+    if n_q == 0 or n_k == 0:
+        raise ValueError(f"sequence lengths must be positive, got n_q={n_q}, n_k={n_k}")
+    if causal and n_q > n_k:
+        raise ValueError(f"causal attention needs n_q <= n_k (queries align to the end of the keys); "
+                         f"got n_q={n_q}, n_k={n_k}")
+    if alibi_slopes is not None and kerple is not None:
+        raise ValueError("pass at most one of alibi_slopes and kerple")
+    if alibi_slopes is not None and tuple(alibi_slopes.shape) != (heads,):
+        raise ValueError(f"alibi_slopes must have shape ({heads},), got {tuple(alibi_slopes.shape)}")
+    if kerple is not None:
+        if len(kerple) != 2 or any(tuple(t.shape) != (heads,) for t in kerple):
+            raise ValueError(f"kerple must be a pair (p, a) of ({heads},) tensors")
+
+
+def triton_attention(q, k, v, *, variant="sa", causal=True, scale=None, alibi_slopes=None, kerple=None, eps=1e-6):
+    """Fused SA-Softmax / softmax attention; see the module docstring. Returns ``out`` shaped and typed like q."""
+    _check_inputs(q, k, v, variant, causal, alibi_slopes, kerple)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    kerple_p, kerple_a = kerple if kerple is not None else (None, None)
+    return _TritonSAAttention.apply(q, k, v, kerple_p, kerple_a, alibi_slopes, variant, bool(causal), scale,
+                                    float(eps))
