@@ -54,10 +54,12 @@ class _TritonSAAttention(torch.autograd.Function):
             bias_params[2] = kerple_a.detach().float()
 
         out = torch.empty_like(q)
+        save_fp32_out = q.dtype != torch.float32
+        out_f32 = torch.empty_like(q, dtype=torch.float32) if save_fp32_out else out
         stats = dict(device=q.device, dtype=torch.float32)
         lse = torch.empty(batch * heads, n_q, **stats)
         if variant == "sa":
-            out_std = torch.empty_like(q)
+            out_std = torch.empty_like(q, dtype=torch.float32)
             row_a = torch.empty(batch * heads, n_q, **stats)
             row_delta = torch.empty(batch * heads, n_q, **stats)
             argmin = torch.empty(batch * heads, n_q, device=q.device, dtype=torch.int32)
@@ -69,20 +71,20 @@ class _TritonSAAttention(torch.autograd.Function):
             return triton.cdiv(n_q, meta["BLOCK_M"]), batch * heads
 
         sa_forward_kernel[grid](
-            q, k, v, out, out_std, lse, row_a, row_delta, argmin, argmax, bias_params,
+            q, k, v, out, out_f32, out_std, lse, row_a, row_delta, argmin, argmax, bias_params,
             *_bhn_strides(q), *_bhn_strides(k), *_bhn_strides(v), *_bhn_strides(out),
             heads, heads // kv_heads, n_q, n_k, head_dim, scale, eps,
             VARIANT=code, CAUSAL=causal, BIAS=bias, DOT_PRECISION=_dot_precision(q.dtype),
-            BLOCK_D=_block_d(head_dim),
+            SAVE_FP32_OUT=save_fp32_out, BLOCK_D=_block_d(head_dim),
         )
-        ctx.save_for_backward(q, k, v, out, out_std, lse, row_a, row_delta, argmin, argmax, bias_params)
+        ctx.save_for_backward(q, k, v, out_f32, out_std, lse, row_a, row_delta, argmin, argmax, bias_params)
         ctx.options = (variant, causal, scale, bias)
         ctx.kerple_dtype = kerple_p.dtype if kerple_p is not None else None
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        q, k, v, out, out_std, lse, row_a, row_delta, argmin, argmax, bias_params = ctx.saved_tensors
+        q, k, v, out_f32, out_std, lse, row_a, row_delta, argmin, argmax, bias_params = ctx.saved_tensors
         variant, causal, scale, bias = ctx.options
         batch, heads, n_q, head_dim = q.shape
         kv_heads, n_k = k.shape[1], k.shape[2]
@@ -99,8 +101,8 @@ class _TritonSAAttention(torch.autograd.Function):
         else:  # not read by these variants' kernels
             row_ga = row_gb = row_d
         sa_backward_preprocess_kernel[(triton.cdiv(n_q, PREPROCESS_BLOCK_M), batch * heads)](
-            out, out_std, dout, row_delta, argmin, argmax, row_d, row_ga, row_gb,
-            *_bhn_strides(out), *_bhn_strides(dout), heads, n_q, head_dim,
+            out_f32, out_std, dout, row_delta, argmin, argmax, row_d, row_ga, row_gb,
+            *_bhn_strides(out_f32), *_bhn_strides(dout), heads, n_q, head_dim,
             VARIANT=code, BLOCK_M=PREPROCESS_BLOCK_M, BLOCK_D=block_d,
         )
 

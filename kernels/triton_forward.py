@@ -13,7 +13,8 @@ and rescales by α = e^{m_old − m_new} when the max grows: l ← α l, A0 ← 
 Epilogue:  softmax  O = A0 / l
            sa       O = (A1' + (m − a) A0) / (δ l),  δ = b − a + eps;  also O_std = A0 / l
            sa_raw   O = (A1' + m A0) / l            (= A1 / l)
-and LSE = m + log l for every variant.
+and LSE = m + log l for every variant. O_std and, for fp16/bf16 inputs, an fp32 copy of O are saved in fp32
+for the backward's row sums D = rowsum(dO ∘ O) and S0 = rowsum(dO ∘ O_std).
 """
 import triton
 import triton.language as tl
@@ -31,7 +32,8 @@ NO_INDEX = tl.constexpr(2**31 - 1)
 @autotune(FORWARD_CONFIGS, key=["N_Q", "N_K", "HEAD_DIM", "VARIANT", "CAUSAL", "BIAS"])
 @triton.jit
 def sa_forward_kernel(
-    Q, K, V, Out, OutStd,              # (B, H, N, D) tensors; Out/OutStd contiguous
+    Q, K, V,                           # (B, H, N, D) inputs
+    Out, OutF32, OutStd,               # contiguous (B, H, N_Q, D): O in q's dtype; fp32 O and O_std for backward
     Lse, RowA, RowDelta, ArgMin, ArgMax,  # (B·H, N_Q) row statistics
     BiasParams,                        # (3, H) fp32: ALiBi slope, Kerple p, Kerple a
     stride_qb, stride_qh, stride_qn,
@@ -40,7 +42,7 @@ def sa_forward_kernel(
     stride_ob, stride_oh, stride_on,
     H, KV_GROUP, N_Q, N_K, HEAD_DIM, scale, eps,
     VARIANT: tl.constexpr, CAUSAL: tl.constexpr, BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    SAVE_FP32_OUT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -130,7 +132,7 @@ def sa_forward_kernel(
         delta = b - a + eps
         # O = (A1' + (m − a) A0) / (δ l). A first causal row with x_00 < 0 has m = a = x_00 and A1' = 0: O = 0.
         out = (acc1 + (m_i - a)[:, None] * acc0) / (delta * l_i)[:, None]
-        tl.store(OutStd + o_off, (acc0 / l_i[:, None]).to(OutStd.dtype.element_ty), mask=o_mask)
+        tl.store(OutStd + o_off, acc0 / l_i[:, None], mask=o_mask)
         tl.store(RowA + stats_off, a, mask=row_ok)
         tl.store(RowDelta + stats_off, delta, mask=row_ok)
         # −1 where the bound is clamped to 0 (x_min >= 0 / x_max <= 0): no gradient flows through a / b there.
@@ -139,3 +141,7 @@ def sa_forward_kernel(
     else:
         out = (acc1 + m_i[:, None] * acc0) / l_i[:, None]  # A1 / l
     tl.store(Out + o_off, out.to(Out.dtype.element_ty), mask=o_mask)
+    if SAVE_FP32_OUT:
+        # The backward's D = rowsum(dO ∘ O) from an fp16/bf16-rounded O loses digits that the Kerple parameter
+        # gradients (sums over all N² entries) notice; keep O in fp32 for it.
+        tl.store(OutF32 + o_off, out, mask=o_mask)
