@@ -1,0 +1,90 @@
+"""Position encodings used inside attention: RoPE, ALiBi slopes, Kerple-log parameters and the DAPE-V2 score MLP.
+
+(Learned absolute positions live with the token embedding, in `embedding.py`.) Per-head quantities are built for all
+heads and sliced to this tensor-parallel rank's heads, so a head keeps its slope / parameters whatever the TP size.
+"""
+import math
+
+import torch
+from torch import nn
+
+
+def alibi_slopes(num_heads: int) -> torch.Tensor:
+    """ALiBi's fixed slopes (Press et al. 2022): the geometric sequence 2^(-8/n), 2^(-16/n), ... for n = num_heads
+    when n is a power of two; otherwise the sequence for the next lower power of two, followed by every other slope
+    of the sequence for twice that, until there are n slopes."""
+    def geometric(n):
+        return [2.0 ** (-8.0 * (i + 1) / n) for i in range(n)]
+
+    power = 2 ** math.floor(math.log2(num_heads))
+    slopes = geometric(power) + geometric(2 * power)[0::2][: num_heads - power]
+    return torch.tensor(slopes, dtype=torch.float32)
+
+
+class RotaryEmbedding(nn.Module):
+    """RoPE over the full head dim, GPT-NeoX "rotate half" layout: dims (i, i + D/2) form one rotating pair."""
+
+    def __init__(self, head_dim: int, base: float):
+        super().__init__()
+        if head_dim % 2:
+            raise ValueError(f"rope needs an even head dim, got {head_dim}")
+        inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        # Not persistent: derived from config, so checkpoints need not carry it.
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor):
+        """Rotate q, k of shape (B, H, N, D) by their positions 0..N-1 (angles in fp32)."""
+        positions = torch.arange(q.shape[-2], device=q.device, dtype=torch.float32)
+        angles = torch.outer(positions, self.inv_freq.to(q.device))
+        cos, sin = angles.cos().repeat(1, 2), angles.sin().repeat(1, 2)
+        return self._rotate(q, cos, sin), self._rotate(k, cos, sin)
+
+    @staticmethod
+    def _rotate(x, cos, sin):
+        first, second = x.float().chunk(2, dim=-1)
+        rotated_half = torch.cat((-second, first), dim=-1)
+        return (x.float() * cos + rotated_half * sin).to(x.dtype)
+
+
+class KerpleLogBias(nn.Module):
+    """Learned per-head Kerple-log parameters: bias_ij = -p_h · log(1 + a_h · (i - j)) (applied by the kernels).
+
+    Initialized U(0, 2) and U(0, 1); `forward` returns them clamped to ≥ 0.01 so the bias stays a valid
+    (conditionally positive definite) kernel while the raw parameters remain free for the optimizer.
+    """
+
+    MIN_VALUE = 0.01
+
+    def __init__(self, num_heads: int, local_heads: slice):
+        super().__init__()
+        self.kerple_p = nn.Parameter(torch.empty(num_heads).uniform_(0.0, 2.0)[local_heads].clone())
+        self.kerple_a = nn.Parameter(torch.empty(num_heads).uniform_(0.0, 1.0)[local_heads].clone())
+
+    def forward(self):
+        return self.kerple_p.clamp(min=self.MIN_VALUE), self.kerple_a.clamp(min=self.MIN_VALUE)
+
+
+class DapeScoreMLP(nn.Module):
+    """DAPE-V2's learned refinement of the attention scores: at every (i, j) a two-layer MLP over the heads
+    dimension maps the biased scores of all heads to a correction, added residually:
+
+        scores ← scores + W2 · gelu(W1 · scores[:, :, i, j] + b1) + b2       (W1: heads → width, W2: width → heads)
+
+    It mixes heads at one (i, j) only, so causality is untouched. Under tensor parallelism it sees this rank's heads.
+    """
+
+    WIDTH = 32  # DAPE's small hidden width: the MLP runs on every score entry, so it must stay cheap.
+
+    def __init__(self, num_heads: int, init_method):
+        super().__init__()
+        self.fc_in = nn.Linear(num_heads, self.WIDTH)
+        self.fc_out = nn.Linear(self.WIDTH, num_heads)
+        for layer in (self.fc_in, self.fc_out):
+            init_method(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, scores: torch.Tensor) -> torch.Tensor:
+        """scores: (B, H, N, N) → refined scores of the same shape and dtype."""
+        per_entry = scores.permute(0, 2, 3, 1)
+        correction = self.fc_out(nn.functional.gelu(self.fc_in(per_entry.to(self.fc_in.weight.dtype))))
+        return scores + correction.permute(0, 3, 1, 2).to(scores.dtype)
