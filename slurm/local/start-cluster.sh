@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Start a real single-node Slurm cluster on this machine (Debian slurm-wlm + munge), for tests and for trying
+# the sbatch scripts on a laptop. Needs root. Idempotent: does nothing when the node already answers.
+#   sudo slurm/local/start-cluster.sh        then:   sinfo; sbatch ...
+set -euo pipefail
+
+if sinfo -h -o %T 2>/dev/null | grep -qE '^(idle|mixed|allocated)'; then exit 0; fi
+if ! command -v slurmctld >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null
+fi
+
+NODE=$(hostname -s)
+CPUS=$(nproc)
+MEMORY_MB=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 1024 ))
+STATE=/var/spool/slurm-sa-megatron
+mkdir -p /etc/slurm "$STATE/ctld" "$STATE/d" /var/log/slurm /run/munge
+cat > /etc/slurm/slurm.conf <<CONF
+ClusterName=sa-megatron-local
+SlurmctldHost=$NODE
+AuthType=auth/munge
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+ReturnToService=2
+StateSaveLocation=$STATE/ctld
+SlurmdSpoolDir=$STATE/d
+SlurmctldLogFile=/var/log/slurm/slurmctld.log
+SlurmdLogFile=/var/log/slurm/slurmd.log
+KillWait=30
+NodeName=$NODE CPUs=$CPUS RealMemory=$MEMORY_MB State=UNKNOWN
+PartitionName=local Nodes=$NODE Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
+CONF
+
+[ -s /etc/munge/munge.key ] || { dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key 2>/dev/null; }
+chown -R munge:munge /etc/munge /run/munge /var/lib/munge /var/log/munge 2>/dev/null || true
+chmod 400 /etc/munge/munge.key
+pgrep -x munged >/dev/null || runuser -u munge -- /usr/sbin/munged
+pgrep -x slurmctld >/dev/null || slurmctld
+pgrep -x slurmd >/dev/null || slurmd
+
+for _ in $(seq 30); do
+    if sinfo -h -o %T 2>/dev/null | grep -qE '^(idle|mixed|allocated)'; then exit 0; fi
+    sleep 1
+done
+echo "start-cluster: the Slurm node did not come up; see /var/log/slurm/" >&2
+exit 1
