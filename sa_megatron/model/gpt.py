@@ -14,7 +14,7 @@ from sa_megatron.model.block import TransformerBlock
 from sa_megatron.model.embedding import EmbeddingStage, OutputStage
 from sa_megatron.model.init import init_methods
 from sa_megatron.parallel.comm import all_reduce_sum
-from sa_megatron.parallel.state import tensor_parallel_group
+from sa_megatron.parallel.state import tensor_parallel_group, tensor_parallel_world_size
 
 
 def gpt_layers(config: ModelConfig, padded_vocab_size: int) -> list[nn.Module]:
@@ -62,7 +62,10 @@ class GPTModel(nn.Module):
             attention.measure_row_mass = True
         try:
             self(tokens)
-            return [float(attention.row_mass) for attention in attentions]
+            # Each tensor-parallel rank measured its own heads: average the ranks.
+            masses = all_reduce_sum(torch.stack([attention.row_mass for attention in attentions]),
+                                    tensor_parallel_group()) / tensor_parallel_world_size()
+            return masses.tolist()
         finally:
             for attention in attentions:
                 attention.measure_row_mass = False

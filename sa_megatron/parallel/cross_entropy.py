@@ -14,7 +14,8 @@ from sa_megatron.parallel.state import tensor_parallel_group, tensor_parallel_ra
 class _VocabParallelCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, labels, group, vocab_start):
-        logits = logits.float()
+        # At least fp32 (fp64 stays fp64): the exp-sum over a large vocabulary is not safe in 16 bits.
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
         row_max = logits.amax(dim=-1)
         if group_size(group) > 1:
             dist.all_reduce(row_max, op=dist.ReduceOp.MAX, group=group)
@@ -44,7 +45,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
 
 
 def vocab_parallel_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-token loss in fp32, shape of `labels`. `logits`: (..., vocab // tp) this rank's vocabulary slice;
+    """Per-token loss in fp32 (fp64 for fp64 logits), shape of `labels`. `logits`: (..., vocab // tp) this rank's vocabulary slice;
     `labels`: global token ids. The gradient to `logits` has the logits' dtype."""
     local_vocab = logits.shape[-1]
     return _VocabParallelCrossEntropy.apply(logits, labels, tensor_parallel_group(),
