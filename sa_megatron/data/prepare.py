@@ -1,0 +1,81 @@
+"""Where the demo's text comes from, and turning it into a tokenizer plus train/valid datasets."""
+
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from sa_megatron.config.schema import TokenizerConfig
+from sa_megatron.data.atomic import write_bytes_atomic
+from sa_megatron.data.corpus import CorpusReader
+from sa_megatron.data.preprocess import preprocess
+from sa_megatron.data.tokenizer import train_tokenizer
+from sa_megatron.errors import DataError
+
+TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+TINYSHAKESPEARE = Path("tinyshakespeare") / "input.txt"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TRAIN_FRACTION = 0.9
+
+
+def default_corpus_dir(explicit=None) -> Path:
+    """The folder holding the corpora: explicit, else $SA_MEGATRON_DATA, else ../shared/data, else a download."""
+    for candidate, origin in ((explicit, "the given corpus folder"), (os.environ.get("SA_MEGATRON_DATA"), "$SA_MEGATRON_DATA")):
+        if candidate:
+            if not Path(candidate).is_dir():
+                raise DataError(f"{candidate}: no such folder ({origin}); expected a folder of corpora")
+            return Path(candidate)
+    shared = REPO_ROOT.parent / "shared" / "data"
+    if shared.is_dir():
+        return shared
+    return download_tinyshakespeare()
+
+
+def download_tinyshakespeare() -> Path:
+    cache = Path.home() / ".cache" / "sa-megatron"
+    target = cache / TINYSHAKESPEARE
+    if not target.is_file():
+        try:
+            with urllib.request.urlopen(TINYSHAKESPEARE_URL, timeout=30) as response:
+                write_bytes_atomic(target, response.read())
+        except (urllib.error.URLError, OSError) as err:
+            raise DataError(
+                f"{target}: could not download tinyshakespeare from {TINYSHAKESPEARE_URL} ({err}); "
+                "set SA_MEGATRON_DATA to a folder holding tinyshakespeare/input.txt"
+            ) from None
+    return cache
+
+
+def split_train_valid(corpus: Path, train_path: Path, valid_path: Path) -> None:
+    """nanoGPT's split, first 90% of the bytes for train, moved to the nearest following document boundary."""
+    documents = list(CorpusReader([corpus], doc_boundary="blank-line"))
+    sizes = [len(document.encode("utf-8")) + 2 for document in documents]
+    target, total, cut = TRAIN_FRACTION * sum(sizes), 0, 0
+    while cut < len(documents) - 1 and total < target:
+        total += sizes[cut]
+        cut += 1
+    for path, part in ((train_path, documents[:cut]), (valid_path, documents[cut:])):
+        write_bytes_atomic(path, ("\n\n".join(part) + "\n").encode("utf-8"))
+
+
+def prepare_corpus(work_dir, source_dir=None, vocab_size: int = TokenizerConfig.vocab_size, model_type: str = "bpe",
+                   workers: int = 2):
+    """(tokenizer .model, train prefix, valid prefix) for tinyshakespeare; steps whose outputs exist are skipped."""
+    work_dir = Path(work_dir)
+    corpus = default_corpus_dir(source_dir) / TINYSHAKESPEARE
+    if not corpus.is_file():
+        raise DataError(f"{corpus}: no such file; expected the tinyshakespeare corpus in the corpus folder")
+    train_text, valid_text = work_dir / "shakespeare.train.txt", work_dir / "shakespeare.valid.txt"
+    if not (train_text.is_file() and valid_text.is_file()):
+        split_train_valid(corpus, train_text, valid_text)
+    name = f"shakespeare-{model_type}-{vocab_size}"
+    tokenizer = work_dir / f"{name}.model"
+    if not tokenizer.is_file():
+        train_tokenizer(CorpusReader([train_text], doc_boundary="blank-line"), work_dir / name, vocab_size, model_type)
+    prefixes = []
+    for split, text in (("train", train_text), ("valid", valid_text)):
+        prefix = work_dir / f"{name}-{split}"
+        if not all(Path(f"{prefix}{suffix}").is_file() for suffix in (".bin", ".idx", ".json")):
+            preprocess([text], tokenizer, prefix, workers=workers, doc_boundary="blank-line", show_progress=False)
+        prefixes.append(str(prefix))
+    return tokenizer, prefixes[0], prefixes[1]
