@@ -10,7 +10,7 @@ import sys
 
 from sa_megatron.errors import UserInputError
 
-COMMANDS = ["config"]
+COMMANDS = ["config", "tokenizer", "data", "train"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,56 @@
+"""`sa-megatron data preprocess|inspect`: tokenize corpora into Megatron .bin/.idx, and look inside one."""
+
+SAMPLE_TOKENS = 64
+
+
+def add_corpus_arguments(parser) -> None:
+    """How corpus files are read; shared with `tokenizer train`."""
+    parser.add_argument("--input", nargs="+", required=True, metavar="FILE", help="text or JSONL (.jsonl/.json) files")
+    parser.add_argument("--doc-boundary", choices=["file", "line", "blank-line"], default="file",
+                        help="plain text: one document per file, per line, or per blank-line-separated paragraph")
+    parser.add_argument("--json-key", default="text", help="JSONL field holding the document text")
+    parser.add_argument("--skip-invalid-utf8", action="store_true",
+                        help="skip documents that are not valid UTF-8 (counted) instead of failing")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("data", help="preprocess corpora into Megatron datasets, inspect them")
+    actions = parser.add_subparsers(dest="action", required=True)
+    run = actions.add_parser("preprocess", help="tokenize into PREFIX.bin + PREFIX.idx (+ PREFIX.json)")
+    add_corpus_arguments(run)
+    run.add_argument("--tokenizer", required=True, metavar="MODEL", help="sentencepiece .model")
+    run.add_argument("--output-prefix", required=True, metavar="PREFIX")
+    run.add_argument("--workers", type=int, default=1, help="tokenizer processes")
+    run.set_defaults(handler=preprocess_command)
+    inspect = actions.add_parser("inspect", help="print documents, tokens, dtype and a decoded sample")
+    inspect.add_argument("prefix")
+    inspect.add_argument("--tokenizer", metavar="MODEL", help="decode a sample with this .model")
+    inspect.set_defaults(handler=inspect_command)
+
+
+def preprocess_command(args) -> None:
+    from sa_megatron.data.preprocess import preprocess
+
+    summary = preprocess(args.input, args.tokenizer, args.output_prefix, args.workers, args.doc_boundary,
+                         args.json_key, args.skip_invalid_utf8)
+    if summary.skipped_invalid_utf8:
+        print(f"skipped {summary.skipped_invalid_utf8} documents with invalid UTF-8")
+    print(f"wrote {args.output_prefix}.bin/.idx: {summary.documents} documents, {summary.tokens} tokens, {summary.dtype}")
+
+
+def inspect_command(args) -> None:
+    from sa_megatron.data.indexed_dataset import IndexedDataset
+    from sa_megatron.data.preprocess import read_sidecar
+    from sa_megatron.data.tokenizer import load_tokenizer
+    from sa_megatron.errors import DataError
+
+    dataset = IndexedDataset(args.prefix)
+    print(f"{args.prefix}: {len(dataset)} documents, {dataset.num_tokens} tokens, dtype {dataset.dtype.name}")
+    sidecar = read_sidecar(args.prefix)
+    if sidecar:
+        print(f"tokenizer: vocab_size={sidecar['vocab_size']} sha256={sidecar['tokenizer_sha256']}")
+    if args.tokenizer and len(dataset):
+        tokenizer = load_tokenizer(args.tokenizer)
+        if sidecar and sidecar["tokenizer_sha256"] != tokenizer.sha256:
+            raise DataError(f"{args.tokenizer}: not the tokenizer that built {args.prefix} (sha256 differs)")
+        print(f"sample (first {SAMPLE_TOKENS} tokens of document 0): {tokenizer.decode(dataset.get(0)[:SAMPLE_TOKENS])!r}")
