@@ -33,17 +33,18 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor):
-        """Rotate q, k of shape (B, H, N, D) by their positions 0..N-1 (angles in fp32)."""
-        positions = torch.arange(q.shape[-2], device=q.device, dtype=torch.float32)
-        angles = torch.outer(positions, self.inv_freq.to(q.device))
+        """Rotate q, k of shape (B, H, N, D) by their positions 0..N-1 (angles in fp32, fp64 for fp64 inputs)."""
+        dtype = torch.promote_types(q.dtype, torch.float32)
+        positions = torch.arange(q.shape[-2], device=q.device, dtype=dtype)
+        angles = torch.outer(positions, self.inv_freq.to(q.device, dtype))
         cos, sin = angles.cos().repeat(1, 2), angles.sin().repeat(1, 2)
         return self._rotate(q, cos, sin), self._rotate(k, cos, sin)
 
     @staticmethod
     def _rotate(x, cos, sin):
-        first, second = x.float().chunk(2, dim=-1)
-        rotated_half = torch.cat((-second, first), dim=-1)
-        return (x.float() * cos + rotated_half * sin).to(x.dtype)
+        wide = x.to(cos.dtype)
+        first, second = wide.chunk(2, dim=-1)
+        return (wide * cos + torch.cat((-second, first), dim=-1) * sin).to(x.dtype)
 
 
 class KerpleLogBias(nn.Module):
