@@ -1,0 +1,166 @@
+"""Save, auto-resume and inference-load of training checkpoints (layout in `checkpoint_files`).
+
+Saving is atomic: every rank writes into `.tmp-step_N`, fsyncs, and after a barrier rank 0 writes the metadata
+and the COMPLETE marker and renames the directory to `step_N`. Resuming walks the step directories newest first
+and skips (with a warning naming it) any that is incomplete or fails to load; one written for a different model
+shape, parallel layout or tokenizer is an error, since continuing from it would silently train something else.
+"""
+
+import contextlib
+import io
+import logging
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+import sa_megatron
+from sa_megatron.config import Config, from_dict, to_dict
+from sa_megatron.errors import CheckpointError
+from sa_megatron.training import checkpoint_files as files
+from sa_megatron.training.distributed import all_ranks
+from sa_megatron.training.rng import capture_rng_state, restore_rng_state
+
+logger = logging.getLogger(__name__)
+
+# The model fields that change parameter shapes or meaning; others (dropout, attention backend) may change on resume.
+SHAPE_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size", "max_position_embeddings",
+                "norm", "mlp", "bias", "tie_embeddings", "position_encoding")
+
+
+def run_identity(config: Config, padded_vocab_size: int, data_parallel: int, tokenizer_sha256: str) -> dict:
+    """What a checkpoint must share with the run resuming from it, plus provenance; stored in metadata.json."""
+    model_shape = {name: getattr(config.model, name) for name in SHAPE_FIELDS}
+    model_shape["padded_vocab_size"] = padded_vocab_size
+    p = config.parallel
+    return {
+        "config": to_dict(config),
+        "model_shape": model_shape,
+        "parallel_layout": {"tensor_parallel": p.tensor_parallel, "pipeline_parallel": p.pipeline_parallel,
+                            "data_parallel": data_parallel, "zero_stage": p.zero_stage},
+        "tokenizer_sha256": tokenizer_sha256,
+        "code_version": sa_megatron.__version__,
+        "git_commit": _git_commit(),
+    }
+
+
+def save_checkpoint(engine, save_dir, step: int, consumed_samples: int, identity: dict, keep_last: int) -> Path:
+    """Write `save_dir/step_<step>` atomically from every rank; returns its path."""
+    save_dir = Path(save_dir)
+    temp, final = save_dir / files.temp_dir_name(step), save_dir / files.step_dir_name(step)
+    rank = dist.get_rank()
+    if rank == 0:
+        shutil.rmtree(temp, ignore_errors=True)  # left by a run that died while saving
+        (temp / "rng").mkdir(parents=True)
+    dist.barrier()
+    engine.save_checkpoint(str(temp), tag=files.ENGINE_TAG, save_latest=False)
+    files.write_json_durably(files.rng_file(temp, rank), capture_rng_state())
+    files.fsync_tree(temp)  # every rank: this covers the files it wrote itself
+    dist.barrier()
+    if rank == 0:
+        metadata = {**identity, "iteration": step, "consumed_samples": consumed_samples,
+                    "world_size": dist.get_world_size()}
+        files.write_json_durably(temp / files.METADATA, metadata)
+        files.publish(temp, final)
+        files.prune(save_dir, keep_last)
+    dist.barrier()
+    return final
+
+
+def resume_latest(engine, save_dir, identity: dict) -> Optional[dict]:
+    """Load the newest usable checkpoint into `engine` and this rank's RNGs; returns its metadata (None = fresh)."""
+    for checkpoint in files.step_dirs(Path(save_dir)):
+        metadata = files.read_metadata(checkpoint) if files.is_complete(checkpoint) else None
+        if not all_ranks(metadata is not None):
+            reason = "no COMPLETE marker" if not files.is_complete(checkpoint) else f"unreadable {files.METADATA}"
+            _warn_skip(checkpoint, reason)
+            continue
+        check_compatible(metadata, identity, checkpoint)
+        failure = _load_engine_and_rng(engine, checkpoint)
+        if all_ranks(failure is None):
+            return metadata
+        _warn_skip(checkpoint, failure or "another rank could not load its part")
+    return None
+
+
+def check_compatible(metadata: dict, identity: dict, checkpoint: Path) -> None:
+    differences = [
+        f"{key} {saved!r} (checkpoint) vs {identity[section][key]!r} (this run)"
+        for section in ("model_shape", "parallel_layout")
+        for key, saved in metadata.get(section, {}).items()
+        if identity[section].get(key) != saved
+    ]
+    if metadata.get("tokenizer_sha256") != identity["tokenizer_sha256"]:
+        differences.append("tokenizer (sha256 differs)")
+    if differences:
+        raise CheckpointError(
+            f"checkpoint {checkpoint} does not match this run: {'; '.join(differences)}; "
+            "use the original settings or a new checkpoint.save_dir"
+        )
+
+
+def _load_engine_and_rng(engine, checkpoint: Path) -> Optional[str]:
+    """None on success, else why this rank failed (a corrupt file makes torch/DeepSpeed raise anything)."""
+    try:
+        rng_state = files.read_json(files.rng_file(checkpoint, dist.get_rank()))
+        load_path, _ = engine.load_checkpoint(str(checkpoint), tag=files.ENGINE_TAG)
+    except Exception as err:  # noqa: BLE001 - any failure means "not loadable", reported and skipped
+        return f"engine state could not be loaded ({type(err).__name__}: {err})"
+    if load_path is None:
+        return "engine state files are missing"
+    restore_rng_state(rng_state)
+    return None
+
+
+def _warn_skip(checkpoint: Path, reason: str) -> None:
+    if dist.get_rank() == 0:
+        logger.warning("warning: skipping checkpoint %s: %s; trying the previous one", checkpoint, reason)
+
+
+def load_for_inference(load_dir):
+    """(model in eval mode with fp32 weights on CPU, its Config, tokenizer path) from a step_N dir or a save_dir."""
+    from sa_megatron.model import build_model
+
+    checkpoint = _inference_checkpoint(Path(load_dir))
+    metadata = files.read_metadata(checkpoint)
+    if metadata is None:
+        raise CheckpointError(f"checkpoint {checkpoint} has an unreadable {files.METADATA}")
+    config = from_dict(metadata["config"])
+    model = build_model(config.model, metadata["model_shape"]["padded_vocab_size"])
+    state = _fp32_state_dict(checkpoint, metadata["parallel_layout"]["zero_stage"])
+    model.load_state_dict(state)
+    return model.float().eval(), config, config.tokenizer.model
+
+
+def _inference_checkpoint(load_dir: Path) -> Path:
+    if files.is_complete(load_dir):
+        return load_dir
+    complete = [p for p in files.step_dirs(load_dir) if files.is_complete(p)]
+    if not complete:
+        raise CheckpointError(f"{load_dir} holds no complete checkpoint (a step_N directory with a COMPLETE marker)")
+    return complete[0]
+
+
+def _fp32_state_dict(checkpoint: Path, zero_stage: int) -> dict:
+    if zero_stage == 0:
+        states = torch.load(checkpoint / files.ENGINE_TAG / "mp_rank_00_model_states.pt", map_location="cpu",
+                            weights_only=False)
+        return {name: tensor.float() for name, tensor in states["module"].items()}
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    # ZeRO shards the fp32 master weights over ranks; DeepSpeed's utility gathers them (and prints as it goes).
+    with contextlib.redirect_stdout(io.StringIO()):
+        return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint), tag=files.ENGINE_TAG)
+
+
+def _git_commit() -> Optional[str]:
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(sa_megatron.__file__).parent,
+                                capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = result.stdout.strip()
+    return commit if result.returncode == 0 and commit else None

@@ -1,0 +1,114 @@
+"""The on-disk layout of a checkpoint directory and the durable-write helpers behind it.
+
+    save_dir/
+      latest                 "step_N" of the newest complete checkpoint (for people and tools)
+      step_N/
+        engine/              DeepSpeed's files (engine.save_checkpoint, tag "engine")
+        rng/rank_R.json      every random generator's state, one file per rank
+        metadata.json        resolved config, iteration, consumed samples, tokenizer hash, code version, layout
+        COMPLETE             written last: a step_N without it is unfinished
+      .tmp-step_N/           a checkpoint being written; renamed to step_N once complete
+"""
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Optional
+
+ENGINE_TAG = "engine"
+METADATA = "metadata.json"
+MARKER = "COMPLETE"
+LATEST = "latest"
+_STEP_DIR = re.compile(r"step_(\d+)")
+
+
+def step_dir_name(step: int) -> str:
+    return f"step_{step}"
+
+
+def temp_dir_name(step: int) -> str:
+    return f".tmp-step_{step}"
+
+
+def rng_file(checkpoint: Path, rank: int) -> Path:
+    return checkpoint / "rng" / f"rank_{rank}.json"
+
+
+def step_dirs(save_dir: Path) -> list[Path]:
+    """Every step_N directory in `save_dir`, newest first, complete or not."""
+    if not save_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in save_dir.iterdir() if p.is_dir() and (m := _STEP_DIR.fullmatch(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def is_complete(checkpoint: Path) -> bool:
+    return (checkpoint / MARKER).is_file()
+
+
+def read_metadata(checkpoint: Path) -> Optional[dict]:
+    """The metadata dict, or None when the file is missing or not valid JSON."""
+    try:
+        return read_json(checkpoint / METADATA)
+    except (OSError, ValueError):
+        return None
+
+
+def read_json(path: Path):
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def write_json_durably(path: Path, data) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def fsync_tree(root: Path) -> None:
+    """Flush every file and directory under `root` (and `root`) to disk."""
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            _fsync_path(os.path.join(dirpath, name), os.O_RDONLY)
+        fsync_dir(Path(dirpath))
+
+
+def fsync_dir(path: Path) -> None:
+    _fsync_path(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+
+
+def _fsync_path(path, flags) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def publish(temp: Path, final: Path) -> None:
+    """Mark `temp` complete and rename it to `final`, then point `latest` at it; each step survives a crash."""
+    write_json_durably(temp / MARKER, {"step_dir": final.name})
+    fsync_dir(temp)
+    if final.exists():
+        # Only reached when `final` failed to load and training went back before it: it is being redone.
+        shutil.rmtree(final)
+    os.replace(temp, final)
+    fsync_dir(final.parent)
+    pointer = final.parent / f".{LATEST}.tmp"
+    pointer.write_text(final.name + "\n", encoding="utf-8")
+    _fsync_path(pointer, os.O_RDONLY)
+    os.replace(pointer, final.parent / LATEST)
+    fsync_dir(final.parent)
+
+
+def prune(save_dir: Path, keep_last: int) -> None:
+    """Delete step directories older than the `keep_last` newest complete ones."""
+    complete = [p for p in step_dirs(save_dir) if is_complete(p)]
+    if len(complete) <= keep_last:
+        return
+    oldest_kept = complete[keep_last - 1]
+    dirs = step_dirs(save_dir)
+    for path in dirs[dirs.index(oldest_kept) + 1:]:
+        shutil.rmtree(path)

@@ -1,0 +1,199 @@
+"""`train(config)`: the pretraining loop every rank runs (DeepSpeed engine, eval, checkpoints, stop signals).
+
+Per-step losses are appended by rank 0 to `checkpoint.save_dir/losses.jsonl` (when save_dir is set), one JSON
+object per line: {"step", "loss", "lr"}. A resumed run appends; steps redone after a crash appear again and the
+last line for a step wins.
+"""
+
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from sa_megatron.config import Config, data_parallel_size, to_dict
+from sa_megatron.training import checkpoint
+from sa_megatron.training.batches import build_datasets, micro_batches
+from sa_megatron.training.distributed import all_reduce_mean, any_rank, init_distributed, world_size_from_env
+from sa_megatron.training.engine import build_engine
+from sa_megatron.training.preflight import check_run_config, resolve_vocab
+from sa_megatron.training.rng import seed_everything
+from sa_megatron.training.signals import StopRequest
+
+
+@dataclass
+class TrainResult:
+    iteration: int  # optimizer steps done in total, including those before a resume
+    consumed_samples: int
+    losses: dict[int, float] = field(default_factory=dict)  # step (1-based) → mean loss of its global batch
+    eval_losses: dict[int, float] = field(default_factory=dict)
+    resumed_from: Optional[int] = None  # the checkpoint's iteration, None for a fresh start
+    stopped_by_signal: bool = False
+
+    @property
+    def final_loss(self) -> Optional[float]:
+        return self.losses[max(self.losses)] if self.losses else None
+
+
+def train(config: Config) -> TrainResult:
+    from sa_megatron.data import load_tokenizer
+    from sa_megatron.model import build_model, flops_per_token
+
+    check_run_config(config, world_size_from_env())
+    tokenizer = load_tokenizer(config.tokenizer.model)
+    config, padded_vocab = resolve_vocab(config, tokenizer)
+    init_distributed(config.parallel.backend)
+    dp_size, dp_rank = data_parallel_size(config, dist.get_world_size()), dist.get_rank()
+    train_data, valid_data = build_datasets(config, config.model.vocab_size)
+
+    seed_everything(config.training.seed)
+    engine = build_engine(build_model(config.model, padded_vocab), config, dp_size)
+    identity = checkpoint.run_identity(config, padded_vocab, dp_size, tokenizer.sha256)
+    save_dir = config.checkpoint.save_dir
+    resumed = checkpoint.resume_latest(engine, save_dir, identity) if save_dir else None
+    start = resumed["iteration"] if resumed else 0
+    result = TrainResult(iteration=start, consumed_samples=start * config.training.global_batch_size,
+                         resumed_from=start if resumed else None)
+
+    metrics = None
+    if dist.get_rank() == 0:
+        from sa_megatron.training.metrics import MetricsLogger
+
+        metrics = MetricsLogger(config, flops_per_token(config.model, padded_vocab), dist.get_world_size(),
+                                config.training.train_iters, start_iter=start)
+        metrics.log_config(to_dict(config))
+    run = _Run(config, engine, dp_rank, dp_size, metrics, identity)
+    try:
+        with StopRequest() as stop:
+            run.loop(train_data, valid_data, result, stop)
+    finally:
+        if metrics is not None:
+            metrics.close()
+    return result
+
+
+class _Run:
+    """The state one `train` call threads through its steps."""
+
+    def __init__(self, config: Config, engine, dp_rank: int, dp_size: int, metrics, identity: dict):
+        self.config, self.engine, self.metrics, self.identity = config, engine, metrics, identity
+        self.dp_rank, self.dp_size = dp_rank, dp_size
+        save_dir = config.checkpoint.save_dir
+        self.loss_log = Path(save_dir) / "losses.jsonl" if save_dir and dist.get_rank() == 0 else None
+        self.interval_losses, self.interval_start = [], time.perf_counter()
+
+    def loop(self, train_data, valid_data, result: TrainResult, stop: StopRequest) -> None:
+        t, ckpt = self.config.training, self.config.checkpoint
+        saved_at = result.iteration
+        for step in range(result.iteration + 1, t.train_iters + 1):
+            log_now = step % self.config.logging.log_interval == 0
+            stats_now = log_now and self.config.logging.attention_stats
+            batches = micro_batches(train_data, step - 1, self.config, self.dp_rank, self.dp_size)
+            loss, lr, attention_stats = self.train_step(batches, stats_now)
+            result.iteration, result.consumed_samples = step, step * t.global_batch_size
+            result.losses[step] = loss
+            self.record_loss(step, loss, lr)
+            if log_now:
+                self.log_interval(step, lr, attention_stats)
+            paused_at = time.perf_counter()  # evaluation and saving do not count toward throughput
+            if t.eval_interval and step % t.eval_interval == 0:
+                result.eval_losses[step] = self.evaluate(valid_data, step)
+            stop_now = any_rank(stop.requested)
+            if ckpt.save_dir and (stop_now or (ckpt.save_interval and step % ckpt.save_interval == 0)):
+                self.save(step)
+                saved_at = step
+            self.interval_start += time.perf_counter() - paused_at
+            if stop_now:
+                result.stopped_by_signal = True
+                return
+        if result.losses and t.eval_interval and result.iteration % t.eval_interval:
+            result.eval_losses[result.iteration] = self.evaluate(valid_data, result.iteration)
+        if ckpt.save_dir and saved_at != result.iteration:
+            self.save(result.iteration)
+
+    def train_step(self, batches, want_stats: bool) -> tuple[float, float, Optional[dict]]:
+        """One optimizer step over this rank's micro-batches: (global-batch mean loss, lr used, attention stats)."""
+        engine = self.engine
+        stats = {"row_mass": self.row_mass(batches[0])} if want_stats else None
+        lr = engine.get_lr()[0]
+        losses = []
+        for tokens in batches:
+            tokens = tokens.to(engine.device)
+            loss = self.loss(tokens)
+            engine.backward(loss)
+            if stats is not None and engine.is_gradient_accumulation_boundary():
+                from deepspeed.utils import safe_get_full_grad
+
+                # After the gradients are reduced and before the step consumes them.
+                stats["qk_grad_norm"] = engine.module.qk_grad_norms(safe_get_full_grad)
+            engine.step()
+            losses.append(loss.item())
+        # Every micro-batch has the same token count, so the mean of means is the global-batch token mean.
+        return all_reduce_mean(statistics.fmean(losses)), lr, stats
+
+    def loss(self, tokens: torch.Tensor) -> torch.Tensor:
+        from sa_megatron.model import language_model_loss
+
+        return language_model_loss(self.engine(tokens[:, :-1]), tokens[:, 1:])
+
+    def row_mass(self, tokens: torch.Tensor) -> list[float]:
+        model = self.engine.module
+        inputs = tokens[:, :-1].to(self.engine.device)
+        if self.config.parallel.zero_stage != 3:
+            return model.attention_row_mass(inputs)
+        import deepspeed
+
+        # ZeRO-3 keeps only a shard of each parameter outside the engine's forward: gather them for this pass.
+        with deepspeed.zero.GatheredParameters(list(model.parameters())):
+            return model.attention_row_mass(inputs)
+
+    @torch.no_grad()
+    def evaluate(self, valid_data, step: int) -> float:
+        """Mean loss over eval_iters global batches; evaluation k reads the k-th block of validation batches."""
+        t = self.config.training
+        first = (-(-step // t.eval_interval) - 1) * t.eval_iters
+        self.engine.eval()
+        losses = [
+            self.loss(tokens.to(self.engine.device)).item()
+            for index in range(first, first + t.eval_iters)
+            for tokens in micro_batches(valid_data, index, self.config, self.dp_rank, self.dp_size)
+        ]
+        self.engine.train()
+        loss = all_reduce_mean(statistics.fmean(losses))
+        if self.metrics is not None:
+            self.metrics.log_eval(step, loss)
+        return loss
+
+    def log_interval(self, step: int, lr: float, attention_stats: Optional[dict]) -> None:
+        """Report the steps since the previous log line (rank 0 holds the logger; the others only reset)."""
+        now = time.perf_counter()
+        if self.metrics is not None:
+            losses, t = self.interval_losses, self.config.training
+            self.metrics.log_train(
+                step, loss=statistics.fmean(losses), lr=lr, grad_norm=self.engine.get_global_grad_norm(),
+                loss_scale=self.loss_scale(), tokens=len(losses) * t.global_batch_size * self.config.model.seq_length,
+                elapsed_s=now - self.interval_start, attention_stats=attention_stats)
+        self.interval_losses, self.interval_start = [], now
+
+    def loss_scale(self) -> Optional[float]:
+        if self.config.training.precision != "fp16":
+            return None
+        # DeepSpeed's own accessor: the scale lives in a different place in each of its fp16 optimizers.
+        return self.engine._get_optimizer_loss_scale()
+
+    def record_loss(self, step: int, loss: float, lr: float) -> None:
+        self.interval_losses.append(loss)
+        if self.loss_log is not None:
+            with open(self.loss_log, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": step, "loss": loss, "lr": lr}) + "\n")
+
+    def save(self, step: int) -> None:
+        ckpt = self.config.checkpoint
+        path = checkpoint.save_checkpoint(self.engine, ckpt.save_dir, step, step * self.config.training.global_batch_size,
+                                          self.identity, ckpt.keep_last)
+        if self.metrics is not None:
+            print(f"saved checkpoint {path}", flush=True)
