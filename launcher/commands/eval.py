@@ -1,0 +1,58 @@
+"""`sa-megatron eval`: perplexity of a checkpoint at several context lengths (length extrapolation)."""
+
+import json
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("eval", help="perplexity at several context lengths")
+    parser.add_argument("--load", required=True, metavar="DIR", help="checkpoint directory written by training")
+    parser.add_argument("--data", required=True, metavar="PREFIX", help="evaluation corpus PREFIX.bin/.idx")
+    parser.add_argument("--lengths", required=True, type=_lengths, metavar="L1,L2,...",
+                        help="window lengths in tokens, e.g. 256,512,1024")
+    parser.add_argument("--score-last", type=int, default=None, metavar="K",
+                        help="score only the last K tokens of each window (default: the whole window)")
+    parser.add_argument("--max-windows", type=int, default=None, metavar="N", help="at most N windows per length")
+    parser.add_argument("--batch-size", type=int, default=1, help="windows per forward pass")
+    parser.add_argument("--output", metavar="FILE", help="write the results as JSON")
+    parser.add_argument("--tensorboard-dir", metavar="DIR", help="write eval_length/ppl_at_{L} scalars here")
+    parser.set_defaults(handler=run_eval)
+
+
+def _lengths(text: str) -> list[int]:
+    import argparse
+
+    try:
+        lengths = [int(part) for part in text.split(",")]
+    except ValueError:
+        lengths = []
+    if not lengths or min(lengths) <= 0:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got '{text}'")
+    return lengths
+
+
+def run_eval(args) -> None:
+    from sa_megatron.eval.perplexity import load_token_stream, perplexity_at_lengths
+    from sa_megatron.training.checkpoint import load_for_inference
+
+    model, config, _ = load_for_inference(args.load)
+    needed = None if args.max_windows is None else args.max_windows * max(args.lengths) + 1
+    stream = load_token_stream(args.data, max_tokens=needed)
+    results = perplexity_at_lengths(model, config.model, stream, args.lengths, score_last=args.score_last,
+                                    batch_size=args.batch_size, max_windows=args.max_windows)
+
+    print(f"{'length':>8} {'windows':>8} {'tokens':>10} {'nll':>8} {'ppl':>10}")
+    for r in results:
+        print(f"{r.length:>8} {r.windows:>8} {r.scored_tokens:>10} {r.mean_nll:>8.4f} {r.ppl:>10.2f}")
+    if args.output:
+        report = {"load": args.load, "data": args.data, "train_seq_length": config.model.seq_length,
+                  "score_last": args.score_last, "results": [r.as_dict() for r in results]}
+        with open(args.output, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2)
+    if args.tensorboard_dir:
+        from torch.utils.tensorboard import SummaryWriter
+
+        with SummaryWriter(log_dir=args.tensorboard_dir) as writer:
+            for r in results:
+                writer.add_scalar(f"eval_length/ppl_at_{r.length}", r.ppl, global_step=0)
+                # The same numbers as one curve over length (x axis = tokens of context).
+                writer.add_scalar("eval_length/ppl", r.ppl, global_step=r.length)

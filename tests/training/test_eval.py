@@ -1,0 +1,150 @@
+"""Length-extrapolation perplexity and text generation on a tiny, freshly built model."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sa_megatron.config.schema import ModelConfig
+from sa_megatron.errors import UserInputError
+from sa_megatron.eval.generate import filter_logits, generate_tokens
+from sa_megatron.eval.perplexity import perplexity_at_length, perplexity_at_lengths, window_count
+from sa_megatron.model import build_model
+
+VOCAB, PADDED_VOCAB = 100, 128
+
+
+def tiny_model(position_encoding="rope", seq_length=16):
+    torch.manual_seed(0)
+    config = ModelConfig(num_layers=2, hidden_size=32, num_attention_heads=2, seq_length=seq_length,
+                         vocab_size=VOCAB, position_encoding=position_encoding, attention="sa")
+    return build_model(config, PADDED_VOCAB).eval(), config
+
+
+def random_stream(num_tokens, seed=1):
+    return torch.randint(0, VOCAB, (num_tokens,), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def rope_model():
+    return tiny_model()
+
+
+def direct_nll(model, stream, length, score_last, windows):
+    """Mean NLL computed window by window with plain cross-entropy: the reference for the batched code."""
+    losses = []
+    with torch.no_grad():
+        for w in range(windows):
+            chunk = stream[w * length: w * length + length + 1]
+            logits = model(chunk[None, :-1])[0].float()
+            losses.append(F.cross_entropy(logits[-score_last:], chunk[-score_last:], reduction="none"))
+    return torch.cat(losses).double().mean().item()
+
+
+@pytest.mark.parametrize("length,score_last,batch_size", [(16, None, 1), (32, 8, 3), (48, 48, 2)])
+def test_perplexity_matches_direct_computation(rope_model, length, score_last, batch_size):
+    model, _ = rope_model
+    stream = random_stream(200)
+    result = perplexity_at_length(model, stream, length, score_last=score_last, batch_size=batch_size)
+    scored_per_window = score_last or length
+    windows = (200 - 1) // length
+    assert (result.windows, result.scored_tokens) == (windows, windows * scored_per_window)
+    expected = direct_nll(model, stream, length, scored_per_window, windows)
+    assert result.mean_nll == pytest.approx(expected, rel=1e-5)
+    assert result.ppl == pytest.approx(math.exp(expected), rel=1e-5)
+
+
+def test_window_bookkeeping_and_documents(rope_model):
+    model, config = rope_model
+    assert window_count(65, 16) == 4 and window_count(64, 16) == 3 and window_count(1, 16) == 0
+    assert window_count(1000, 16, max_windows=5) == 5
+    docs = [random_stream(30, seed=s).numpy() for s in range(4)]  # 120 tokens: 7 windows of 16, 3 of 32
+    results = perplexity_at_lengths(model, config, docs, [16, 32], score_last=4, max_windows=5)
+    assert [(r.length, r.windows, r.scored_tokens) for r in results] == [(16, 5, 20), (32, 3, 12)]
+    with pytest.raises(UserInputError, match="score-last"):
+        perplexity_at_lengths(model, config, docs, [16], score_last=17)
+    with pytest.raises(UserInputError, match="too few"):
+        perplexity_at_lengths(model, config, docs, [128])
+
+
+def test_longer_than_training_length_for_extrapolating_encodings():
+    for encoding in ("alibi", "kerple", "none"):
+        model, config = tiny_model(encoding)
+        (result,) = perplexity_at_lengths(model, config, random_stream(100), [64])  # trained length 16
+        assert result.windows == 1 and math.isfinite(result.mean_nll)
+
+
+def test_learned_positions_refuse_longer_windows():
+    model, config = tiny_model("learned")
+    (result,) = perplexity_at_lengths(model, config, random_stream(40), [16])
+    assert result.windows == 2
+    with pytest.raises(UserInputError, match="learned position table of 16 rows"):
+        perplexity_at_lengths(model, config, random_stream(100), [16, 32])
+
+
+def greedy_by_hand(model, prompt, steps, context_limit=None):
+    tokens = list(prompt)
+    with torch.no_grad():
+        for _ in range(steps):
+            window = tokens[-context_limit:] if context_limit else tokens
+            tokens.append(int(model(torch.tensor([window]))[0, -1, :VOCAB].argmax()))
+    return tokens[len(prompt):]
+
+
+def test_greedy_is_argmax_stepping_and_deterministic(rope_model):
+    model, _ = rope_model
+    prompt = [5, 17, 42]
+    kwargs = dict(max_new_tokens=12, vocab_size=VOCAB, temperature=0.0)
+    greedy = generate_tokens(model, prompt, seed=0, **kwargs)
+    assert greedy == greedy_by_hand(model, prompt, 12)
+    assert generate_tokens(model, prompt, seed=123, **kwargs) == greedy
+    top1 = generate_tokens(model, prompt, max_new_tokens=12, vocab_size=VOCAB, temperature=1.3, top_k=1, seed=7)
+    assert top1 == greedy
+
+
+def test_sampling_is_seeded_and_never_picks_padded_rows(rope_model):
+    model, _ = rope_model
+    kwargs = dict(max_new_tokens=30, vocab_size=VOCAB, temperature=5.0, seed=3)
+    first = generate_tokens(model, [1, 2], **kwargs)
+    assert first == generate_tokens(model, [1, 2], **kwargs)
+    assert len(first) == 30 and max(first) < VOCAB
+
+
+def test_stops_at_eod(rope_model):
+    model, _ = rope_model
+    greedy = generate_tokens(model, [9], max_new_tokens=10, vocab_size=VOCAB, temperature=0.0)
+    eod = greedy[3]
+    stop = greedy.index(eod)
+    assert generate_tokens(model, [9], max_new_tokens=10, vocab_size=VOCAB, temperature=0.0, eod_id=eod) == greedy[:stop]
+
+
+def test_learned_positions_generate_past_their_table_by_truncating():
+    model, config = tiny_model("learned", seq_length=8)
+    tokens = generate_tokens(model, [3, 4, 5], max_new_tokens=12, vocab_size=VOCAB, temperature=0.0, context_limit=8)
+    assert tokens == greedy_by_hand(model, [3, 4, 5], 12, context_limit=8)
+
+
+def test_top_p_keeps_the_minimal_nucleus():
+    logits = torch.tensor([0.5, 0.3, 0.15, 0.05]).log()
+    kept = lambda p: torch.isfinite(filter_logits(logits, top_p=p)).nonzero().flatten().tolist()  # noqa: E731
+    # The smallest set of most likely tokens whose mass reaches p (p kept off the exact sums 0.5, 0.8, 0.95).
+    assert kept(0.1) == kept(0.49) == [0]
+    assert kept(0.51) == kept(0.79) == [0, 1]
+    assert kept(0.81) == [0, 1, 2]
+    assert kept(0.96) == kept(1.0) == [0, 1, 2, 3]
+
+
+def test_top_k_then_top_p():
+    logits = torch.tensor([0.05, 0.5, 0.15, 0.3]).log()
+    top2 = filter_logits(logits, top_k=2)
+    assert torch.isfinite(top2).tolist() == [False, True, False, True]
+    # After top-k the nucleus is computed over the survivors: 0.5/0.8 = 0.625 < 0.7, so both stay.
+    assert torch.isfinite(filter_logits(logits, top_k=2, top_p=0.7)).tolist() == [False, True, False, True]
+    assert torch.isfinite(filter_logits(logits, top_k=2, top_p=0.6)).tolist() == [False, True, False, False]
+
+
+def test_bad_sampling_options_are_user_errors(rope_model):
+    model, _ = rope_model
+    with pytest.raises(UserInputError, match="top_p"):
+        generate_tokens(model, [1], max_new_tokens=1, vocab_size=VOCAB, top_p=0.0)
