@@ -1,0 +1,1 @@
+"""Evaluation of trained models: perplexity at several context lengths, and text generation."""
