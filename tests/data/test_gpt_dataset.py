@@ -1,0 +1,139 @@
+"""GPT samples: exactly the concatenated document stream, deterministic, cached, split and blended correctly."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sa_megatron.data import build_gpt_datasets
+from sa_megatron.data.builder import split_documents
+from sa_megatron.data.indexed_dataset import IndexedDataset
+from sa_megatron.data.sample_index import build_blending_index
+from sa_megatron.errors import DataError
+from tests.data.conftest import random_documents
+
+SEQ = 32
+
+
+def train_only(prefix, samples, seed=1234, split="1", **options):
+    return build_gpt_datasets([prefix], None, split, SEQ, seed, (samples, 0, 0), **options)[0]
+
+
+def stream_of(dataset):
+    """The token stream the samples must be cut from: documents in document-index order, concatenated."""
+    return np.concatenate([dataset.dataset.get(int(d)) for d in dataset.document_index]).astype(np.int64)
+
+
+def test_samples_are_windows_of_the_concatenated_documents(make_dataset):
+    prefix = make_dataset(random_documents(300))
+    dataset = train_only(prefix, 1000)  # several epochs of a ~12k-token dataset
+    stream = stream_of(dataset)
+    for i in range(len(dataset)):
+        start = int(dataset.shuffle_index[i]) * SEQ
+        np.testing.assert_array_equal(dataset[i], stream[start: start + SEQ + 1])
+    assert dataset[0].dtype == np.int64 and dataset[0].shape == (SEQ + 1,)
+    assert not np.array_equal(dataset.shuffle_index[:50], np.arange(50))  # visited in shuffled order
+    with pytest.raises(IndexError):
+        dataset[len(dataset)]
+
+
+def test_every_epoch_visits_every_document_once(make_dataset):
+    prefix = make_dataset(random_documents(50))
+    dataset = train_only(prefix, 200)
+    epochs = np.asarray(dataset.document_index).reshape(-1, 50)
+    assert all(sorted(epoch) == list(range(50)) for epoch in epochs) and len(epochs) > 1
+
+
+def test_deterministic_across_rebuilds_and_cache_reuse(make_dataset, tmp_path):
+    import shutil
+
+    prefix = make_dataset(random_documents(200))
+    built = train_only(prefix, 300)
+    first = [built[i] for i in range(300)]
+    cache = Path(prefix).parent / "index-cache"
+    entries = list(cache.iterdir())
+    assert len(entries) == 1
+    cached = train_only(prefix, 300)
+    assert isinstance(cached.sample_index, np.memmap)  # loaded, not rebuilt
+    shutil.rmtree(cache)
+    rebuilt = train_only(prefix, 300, cache_dir=tmp_path / "elsewhere")
+    for i in range(300):
+        np.testing.assert_array_equal(cached[i], first[i])
+        np.testing.assert_array_equal(rebuilt[i], first[i])
+    other_seed = train_only(prefix, 300, seed=7)
+    assert [other_seed[i].tolist() for i in range(5)] != [sample.tolist() for sample in first[:5]]
+
+
+def test_sample_i_does_not_depend_on_how_many_were_requested(make_dataset):
+    """What makes resuming exact: the trainer's consumed-samples counter picks up the same next batch."""
+    prefix = make_dataset(random_documents(100))
+    short, long = train_only(prefix, 7), train_only(prefix, 5000)
+    for i in range(7):
+        np.testing.assert_array_equal(short[i], long[i])
+
+
+def test_splits_have_disjoint_documents(make_dataset):
+    prefix = make_dataset(random_documents(1000))
+    train, valid, test = build_gpt_datasets(prefix, None, "969,30,1", SEQ, 1, (100, 20, 3))
+    documents = [set(np.asarray(d.document_index).tolist()) for d in (train, valid, test)]
+    assert not documents[0] & documents[1] and not documents[0] & documents[2] and not documents[1] & documents[2]
+    assert [len(d) for d in documents] == [969, 30, 1]
+    assert split_documents(10, [969, 30, 1]) == [range(0, 10), range(10, 10), range(10, 10)]
+
+
+def test_empty_split_or_zero_samples_is_none(make_dataset):
+    prefix = make_dataset(random_documents(100))
+    train, valid, test = build_gpt_datasets([prefix], None, "90,10,0", SEQ, 1, (10, 0, 5))
+    assert len(train) == 10 and valid is None and test is None
+
+
+def test_blend_honours_weights_within_one_sample(make_dataset):
+    prefixes = [make_dataset(random_documents(200, seed=s), name=f"d{s}") for s in range(3)]
+    weights = [0.5, 0.3, 0.2]
+    blend = build_gpt_datasets(prefixes, weights, "1", SEQ, 3, (1000, 0, 0))[0]
+    counts = np.cumsum(np.eye(3, dtype=np.int64)[blend.dataset_index], axis=0)
+    expected = np.outer(np.arange(1, 1001), weights)
+    assert np.abs(counts - expected).max() <= 1
+    sample = blend[10]
+    part = blend.datasets[blend.dataset_index[10]]
+    np.testing.assert_array_equal(sample, part[int(blend.dataset_sample_index[10])])
+
+
+def test_blending_index_many_datasets_and_prefix_stability():
+    weights = np.random.default_rng(0).dirichlet(np.ones(8))
+    datasets, samples = build_blending_index(weights, 20000)
+    counts = np.bincount(datasets, minlength=8)
+    assert np.abs(counts - weights * 20000).max() <= 2  # Megatron's greedy reaches ~1.8 with this many
+    for d in range(8):
+        assert samples[datasets == d].tolist() == list(range(counts[d]))
+    short, _ = build_blending_index(weights, 500)
+    np.testing.assert_array_equal(short, datasets[:500])
+
+
+def test_seq_length_longer_than_split(make_dataset):
+    prefix = make_dataset([[1, 2, 3]] * 100)
+    with pytest.raises(DataError, match=r"synthetic.idx: the valid split has 3 tokens in 1 documents, fewer than seq_length \+ 1 = 33"):
+        build_gpt_datasets(prefix, None, "99,1,0", SEQ, 1, (10, 10, 0))
+
+
+def test_vocab_mismatch(make_dataset, bpe_model, tmp_path):
+    from sa_megatron.data.preprocess import preprocess
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("some words to tokenize\n" * 50)
+    prefix = tmp_path / "tokenized"
+    preprocess([corpus], bpe_model, prefix)
+    build_gpt_datasets([str(prefix)], None, "1", 8, 1, (4, 0, 0), vocab_size=1000)
+    with pytest.raises(DataError, match=f"{prefix}.json: the data was tokenized with a vocabulary of 1000 ids"):
+        build_gpt_datasets([str(prefix)], None, "1", 8, 1, (4, 0, 0), vocab_size=512)
+    no_sidecar = make_dataset([[1, 2, 600]] * 20)
+    with pytest.raises(DataError, match="synthetic.bin: the data was tokenized with a vocabulary of 601 ids"):
+        build_gpt_datasets([no_sidecar], None, "1", 8, 1, (4, 0, 0), vocab_size=512)
+
+
+def test_bad_split_and_weights(make_dataset):
+    prefix = make_dataset(random_documents(10))
+    with pytest.raises(DataError, match="data.split"):
+        build_gpt_datasets([prefix], None, "a,b", SEQ, 1, (1, 0, 0))
+    with pytest.raises(DataError, match="data.weights"):
+        build_gpt_datasets([prefix, prefix], [1.0], "1", SEQ, 1, (1, 0, 0))
