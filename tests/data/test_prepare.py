@@ -1,0 +1,45 @@
+"""The demo's corpus: where it is found, and turning it into a tokenizer and train/valid datasets."""
+
+import pytest
+
+from sa_megatron.data import default_corpus_dir, load_tokenizer, prepare_corpus
+from sa_megatron.data import prepare
+from sa_megatron.data.corpus import CorpusReader
+from sa_megatron.data.indexed_dataset import IndexedDataset
+from sa_megatron.errors import DataError
+
+
+def test_resolution_order(shared_data, tmp_path, monkeypatch):
+    monkeypatch.delenv("SA_MEGATRON_DATA", raising=False)
+    assert default_corpus_dir().resolve() == shared_data.resolve()
+    monkeypatch.setenv("SA_MEGATRON_DATA", str(tmp_path))
+    assert default_corpus_dir() == tmp_path
+    assert default_corpus_dir(shared_data) == shared_data
+    with pytest.raises(DataError, match="no such folder"):
+        default_corpus_dir(tmp_path / "absent")
+
+
+def test_offline_download_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.delenv("SA_MEGATRON_DATA", raising=False)
+    monkeypatch.setattr(prepare, "REPO_ROOT", tmp_path / "repo")
+    monkeypatch.setattr(prepare, "TINYSHAKESPEARE_URL", "http://127.0.0.1:9/input.txt")  # nothing listens there
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(DataError, match="tinyshakespeare/input.txt: could not download"):
+        default_corpus_dir()
+    assert not (tmp_path / ".cache/sa-megatron/tinyshakespeare/input.txt").exists()
+
+
+def test_prepare_corpus_is_idempotent(shared_data, tmp_path):
+    model, train, valid = prepare_corpus(tmp_path, shared_data, vocab_size=500, workers=1)
+    train_text = (tmp_path / "shakespeare.train.txt").read_bytes()
+    valid_text = (tmp_path / "shakespeare.valid.txt").read_bytes()
+    original = (shared_data / "tinyshakespeare/input.txt").read_bytes()
+    assert 0.89 < len(train_text) / len(original) < 0.91
+    assert train_text.startswith(b"First Citizen:") and valid_text.rstrip().endswith(original.rstrip()[-40:])
+    tokenizer = load_tokenizer(model)
+    assert tokenizer.vocab_size == 500
+    documents = CorpusReader([shared_data / "tinyshakespeare/input.txt"], doc_boundary="blank-line")
+    assert len(IndexedDataset(train)) + len(IndexedDataset(valid)) == len(list(documents))
+    stamps = [p.stat().st_mtime_ns for p in sorted(tmp_path.iterdir())]
+    assert prepare_corpus(tmp_path, shared_data, vocab_size=500, workers=1) == (model, train, valid)
+    assert [p.stat().st_mtime_ns for p in sorted(tmp_path.iterdir())] == stamps
