@@ -33,19 +33,19 @@ class SelfAttention(nn.Module):
         self.local_heads = shard_size(heads, "model.num_attention_heads")
         local = slice(tensor_parallel_rank() * self.local_heads, (tensor_parallel_rank() + 1) * self.local_heads)
         self.variant, self.eps, self.backend = config.attention, config.attention_eps, config.attention_backend
-        self.position_encoding = config.position_encoding
+        position = config.position_encoding
         self.scale = 1.0 / math.sqrt(self.head_dim)
 
         self.qkv = ColumnParallelLinear(hidden, 3 * hidden, bias=config.bias, init_method=init.input_side)
         self.dense = RowParallelLinear(hidden, hidden, bias=config.bias, init_method=init.output_projection)
-        self.rotary = RotaryEmbedding(self.head_dim, config.rope_base) if self.position_encoding == "rope" else None
-        if self.position_encoding == "alibi":
+        self.rotary = RotaryEmbedding(self.head_dim, config.rope_base) if position == "rope" else None
+        if position == "alibi":
             self.register_buffer("alibi_slopes", alibi_slopes(heads)[local].clone(), persistent=False)
         else:
             self.alibi_slopes = None
-        uses_kerple = self.position_encoding in ("kerple", "dapev2-kerple")
-        self.kerple = KerpleLogBias(heads, local) if uses_kerple else None
-        self.dape = DapeScoreMLP(self.local_heads, init.input_side) if self.position_encoding == "dapev2-kerple" else None
+        uses_dape = position == "dapev2-kerple"
+        self.kerple = KerpleLogBias(heads, local) if uses_dape or position == "kerple" else None
+        self.dape = DapeScoreMLP(self.local_heads, init.input_side) if uses_dape else None
         # Set by GPTModel.attention_row_mass: the next forward also stores the mean row mass in `row_mass`.
         self.measure_row_mass = False
         self.row_mass: Optional[torch.Tensor] = None

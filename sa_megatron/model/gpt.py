@@ -11,7 +11,7 @@ from torch.utils.checkpoint import checkpoint
 
 from sa_megatron.config.schema import ModelConfig
 from sa_megatron.model.block import TransformerBlock
-from sa_megatron.model.embedding import EmbeddingStage, OutputStage
+from sa_megatron.model.stages import EmbeddingStage, OutputStage
 from sa_megatron.model.init import init_methods
 from sa_megatron.parallel.comm import all_reduce_sum
 from sa_megatron.parallel.state import tensor_parallel_group, tensor_parallel_world_size
@@ -21,7 +21,7 @@ def gpt_layers(config: ModelConfig, padded_vocab_size: int) -> list[nn.Module]:
     init = init_methods(config)
     embedding = EmbeddingStage(config, padded_vocab_size, init)
     blocks = [TransformerBlock(config, init) for _ in range(config.num_layers)]
-    # The tie: the head gets the embedding module itself (None = its own weight). See embedding.py.
+    # The tie: the head gets the embedding module itself (None = its own weight). See stages.py.
     tied = embedding.word_embeddings if config.tie_embeddings else None
     return [embedding, *blocks, OutputStage(config, padded_vocab_size, init, tied)]
 

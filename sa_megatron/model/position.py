@@ -1,6 +1,6 @@
 """Position encodings used inside attention: RoPE, ALiBi slopes, Kerple-log parameters and the DAPE-V2 score MLP.
 
-(Learned absolute positions live with the token embedding, in `embedding.py`.) Per-head quantities are built for all
+(Learned absolute positions live with the token embedding, in `stages.py`.) Per-head quantities are built for all
 heads and sliced to this tensor-parallel rank's heads, so a head keeps its slope / parameters whatever the TP size.
 """
 import math
@@ -69,7 +69,7 @@ class DapeScoreMLP(nn.Module):
     """DAPE-V2's learned refinement of the attention scores: at every (i, j) a two-layer MLP over the heads
     dimension maps the biased scores of all heads to a correction, added residually:
 
-        scores ← scores + W2 · gelu(W1 · scores[:, :, i, j] + b1) + b2       (W1: heads → width, W2: width → heads)
+        scores ← scores + W2 · gelu(W1 · scores[:, :, i, j] + b1) + b2    (W1: heads → width, W2: width → heads)
 
     It mixes heads at one (i, j) only, so causality is untouched. Under tensor parallelism it sees this rank's heads.
     """

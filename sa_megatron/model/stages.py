@@ -57,9 +57,9 @@ class OutputStage(nn.Module):
         if tied_embedding is None:
             self.head_weight = sharded_parameter((padded_vocab_size, config.hidden_size), 0, init.input_side)
 
-    def weight(self) -> torch.Tensor:
+    def output_weight(self) -> torch.Tensor:
         return self.tied_embedding.weight if self.tied_embedding is not None else self.head_weight
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         hidden = copy_to_tensor_parallel_region(self.final_norm(hidden), self.group)
-        return F.linear(hidden, self.weight())
+        return F.linear(hidden, self.output_weight())

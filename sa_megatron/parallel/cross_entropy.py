@@ -45,8 +45,10 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
 
 
 def vocab_parallel_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-token loss in fp32 (fp64 for fp64 logits), shape of `labels`. `logits`: (..., vocab // tp) this rank's vocabulary slice;
-    `labels`: global token ids. The gradient to `logits` has the logits' dtype."""
+    """Per-token loss in fp32 (fp64 for fp64 logits), shape of `labels`.
+
+    `logits`: (..., vocab // tp), this rank's vocabulary slice; `labels`: global token ids. The gradient to `logits`
+    has the logits' dtype."""
     local_vocab = logits.shape[-1]
     return _VocabParallelCrossEntropy.apply(logits, labels, tensor_parallel_group(),
                                             tensor_parallel_rank() * local_vocab)

@@ -34,3 +34,15 @@ def test_alibi_slopes_follow_the_geometric_sequence():
     torch.testing.assert_close(alibi_slopes(8), torch.tensor([2.0 ** -i for i in range(1, 9)]))
     # Not a power of two: the 4-head sequence, then every other slope of the 8-head one.
     torch.testing.assert_close(alibi_slopes(6), torch.tensor([2.0 ** -i for i in (2, 4, 6, 8, 1, 3)]))
+
+
+@pytest.mark.parametrize("position", ("rope", "kerple", "dapev2-kerple"))
+def test_bf16_model_gives_fp32_loss_and_finite_grads(position):
+    torch.manual_seed(0)
+    model = build_model(tiny_config(position_encoding=position), VOCAB).to(torch.bfloat16)
+    tokens = random_tokens()
+    logits = model(tokens)
+    loss = language_model_loss(logits[:, :-1], tokens[:, 1:])
+    assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())

@@ -5,7 +5,7 @@ import torch
 
 from sa_megatron.errors import ConfigError
 from sa_megatron.model import GPTModel, build_model, count_parameters, gpt_layers, language_model_loss
-from sa_megatron.model.embedding import OutputStage
+from sa_megatron.model.stages import OutputStage
 from sa_megatron.model.position import KerpleLogBias, RotaryEmbedding
 from tests.model.tiny import VOCAB, random_tokens, tiny_config
 
@@ -44,7 +44,7 @@ def test_tied_embedding_is_one_parameter_shared_with_the_head():
     tied = build_model(tiny_config(tie_embeddings=True), VOCAB)
     untied = build_model(tiny_config(tie_embeddings=False), VOCAB)
     embedding, head = tied.layers[0].word_embeddings, tied.layers[-1]
-    assert isinstance(head, OutputStage) and head.weight() is embedding.weight
+    assert isinstance(head, OutputStage) and head.output_weight() is embedding.weight
     assert count_parameters(untied) - count_parameters(tied) == VOCAB * 32
     # The shared weight's gradient gets both the lookup's and the head's contributions.
     tokens = random_tokens()
@@ -52,7 +52,7 @@ def test_tied_embedding_is_one_parameter_shared_with_the_head():
     unused_rows = torch.ones(VOCAB, dtype=torch.bool)
     unused_rows[tokens.unique()] = False
     assert embedding.weight.grad[unused_rows].abs().sum() > 0  # only the head touches rows of unseen tokens
-    assert untied.layers[-1].weight() is not untied.layers[0].word_embeddings.weight
+    assert untied.layers[-1].output_weight() is not untied.layers[0].word_embeddings.weight
 
 
 def test_kerple_parameters_get_gradients_and_are_clamped():
