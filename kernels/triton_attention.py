@@ -54,18 +54,22 @@ class _TritonSAAttention(torch.autograd.Function):
             bias_params[2] = kerple_a.detach().float()
 
         out = torch.empty_like(q)
-        save_fp32_out = q.dtype != torch.float32
-        out_f32 = torch.empty_like(q, dtype=torch.float32) if save_fp32_out else out
-        stats = dict(device=q.device, dtype=torch.float32)
-        lse = torch.empty(batch * heads, n_q, **stats)
-        if variant == "sa":
-            out_std = torch.empty_like(q, dtype=torch.float32)
-            row_a = torch.empty(batch * heads, n_q, **stats)
-            row_delta = torch.empty(batch * heads, n_q, **stats)
-            argmin = torch.empty(batch * heads, n_q, device=q.device, dtype=torch.int32)
-            argmax = torch.empty(batch * heads, n_q, device=q.device, dtype=torch.int32)
-        else:  # not read by these variants' kernels
-            out_std, row_a, row_delta, argmin, argmax = out, lse, lse, lse, lse
+        # State for the backward (DESIGN §6), only when one will follow; ``out`` stands in for buffers that
+        # this call's kernel never touches.
+        needs_backward = any(ctx.needs_input_grad[:5])
+        save_fp32_out = needs_backward and q.dtype != torch.float32
+        out_f32 = out_std = lse = row_a = row_delta = argmin = argmax = out
+        if needs_backward:
+            stats = dict(device=q.device, dtype=torch.float32)
+            lse = torch.empty(batch * heads, n_q, **stats)
+            if save_fp32_out:
+                out_f32 = torch.empty_like(q, dtype=torch.float32)
+            if variant == "sa":
+                out_std = torch.empty_like(q, dtype=torch.float32)
+                row_a = torch.empty(batch * heads, n_q, **stats)
+                row_delta = torch.empty(batch * heads, n_q, **stats)
+                argmin = torch.empty(batch * heads, n_q, device=q.device, dtype=torch.int32)
+                argmax = torch.empty(batch * heads, n_q, device=q.device, dtype=torch.int32)
 
         def grid(meta):
             return triton.cdiv(n_q, meta["BLOCK_M"]), batch * heads
@@ -75,7 +79,7 @@ class _TritonSAAttention(torch.autograd.Function):
             *_bhn_strides(q), *_bhn_strides(k), *_bhn_strides(v), *_bhn_strides(out),
             heads, heads // kv_heads, n_q, n_k, head_dim, scale, eps,
             VARIANT=code, CAUSAL=causal, BIAS=bias, DOT_PRECISION=_dot_precision(q.dtype),
-            SAVE_FP32_OUT=save_fp32_out, BLOCK_D=_block_d(head_dim),
+            SAVE_FOR_BACKWARD=needs_backward, SAVE_FP32_OUT=save_fp32_out, BLOCK_D=_block_d(head_dim),
         )
         ctx.save_for_backward(q, k, v, out_f32, out_std, lse, row_a, row_delta, argmin, argmax, bias_params)
         ctx.options = (variant, causal, scale, bias)

@@ -20,8 +20,9 @@ import triton.language as tl
 
 from kernels.triton_common import KERPLE, SA, SA_RAW, SOFTMAX, autotune, key_visible, score_tile
 
-DKDV_CONFIGS = [(64, 128, 8, 3), (32, 128, 4, 3), (64, 64, 4, 3), (32, 64, 4, 3), (16, 64, 4, 4)]
-DQ_CONFIGS = [(128, 64, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3), (64, 32, 4, 3), (64, 16, 4, 4)]
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) tried on a GPU; the last of each is a small fallback (head_dim 256).
+DKDV_CONFIGS = [(64, 128, 8, 3), (32, 128, 4, 3), (64, 64, 4, 3), (32, 64, 4, 3), (16, 64, 4, 4), (16, 32, 4, 1)]
+DQ_CONFIGS = [(128, 64, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3), (64, 32, 4, 3), (64, 16, 4, 4), (32, 16, 4, 1)]
 PREPROCESS_BLOCK_M = 64
 
 

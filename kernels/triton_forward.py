@@ -13,7 +13,7 @@ and rescales by α = e^{m_old − m_new} when the max grows: l ← α l, A0 ← 
 Epilogue:  softmax  O = A0 / l
            sa       O = (A1' + (m − a) A0) / (δ l),  δ = b − a + eps;  also O_std = A0 / l
            sa_raw   O = (A1' + m A0) / l            (= A1 / l)
-and LSE = m + log l for every variant. O_std and, for fp16/bf16 inputs, an fp32 copy of O are saved in fp32
+and, when a backward will follow, LSE = m + log l for every variant. O_std and, for fp16/bf16 inputs, an fp32 copy of O are saved in fp32
 for the backward's row sums D = rowsum(dO ∘ O) and S0 = rowsum(dO ∘ O_std).
 """
 import triton
@@ -21,9 +21,10 @@ import triton.language as tl
 
 from kernels.triton_common import SA, SA_RAW, SOFTMAX, autotune, key_visible, score_tile
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages) tried on a GPU.
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) tried on a GPU. The last, small one keeps head_dim 256 in fp32
+# within shared memory when every larger tile is out of resources (the autotuner skips those).
 FORWARD_CONFIGS = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3), (64, 32, 4, 4),
-                   (128, 32, 4, 4)]
+                   (128, 32, 4, 4), (32, 32, 4, 1)]
 
 # Index larger than any key position: neutral element of the "first index attaining the extreme" min-reduction.
 NO_INDEX = tl.constexpr(2**31 - 1)
@@ -42,7 +43,7 @@ def sa_forward_kernel(
     stride_ob, stride_oh, stride_on,
     H, KV_GROUP, N_Q, N_K, HEAD_DIM, scale, eps,
     VARIANT: tl.constexpr, CAUSAL: tl.constexpr, BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    SAVE_FP32_OUT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    SAVE_FOR_BACKWARD: tl.constexpr, SAVE_FP32_OUT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -95,14 +96,15 @@ def sa_forward_kernel(
         tile_max = tl.max(x, 1)
         m_new = tl.maximum(m_i, tile_max)  # finite: every row sees key 0 in its first tile
         if VARIANT == SA:
-            # First index attaining the extreme: smallest column within the tile, and a later tile only takes
-            # over on a strictly better value (tiles run in increasing key order).
-            tile_argmax = tl.min(tl.where(x == tile_max[:, None], offs_n[None, :], NO_INDEX), 1)
-            argmax_i = tl.where(tile_max > m_i, tile_argmax, argmax_i)
             x_for_min = tl.where(visible, x, float("inf"))
             tile_min = tl.min(x_for_min, 1)
-            tile_argmin = tl.min(tl.where(x_for_min == tile_min[:, None], offs_n[None, :], NO_INDEX), 1)
-            argmin_i = tl.where(tile_min < min_i, tile_argmin, argmin_i)
+            if SAVE_FOR_BACKWARD:
+                # First index attaining the extreme: smallest column within the tile, and a later tile only takes
+                # over on a strictly better value (tiles run in increasing key order).
+                tile_argmax = tl.min(tl.where(x == tile_max[:, None], offs_n[None, :], NO_INDEX), 1)
+                argmax_i = tl.where(tile_max > m_i, tile_argmax, argmax_i)
+                tile_argmin = tl.min(tl.where(x_for_min == tile_min[:, None], offs_n[None, :], NO_INDEX), 1)
+                argmin_i = tl.where(tile_min < min_i, tile_argmin, argmin_i)
             min_i = tl.minimum(min_i, tile_min)
 
         alpha = tl.exp(m_i - m_new)  # 0 on the first tile (m_i = −inf)
@@ -120,10 +122,6 @@ def sa_forward_kernel(
         m_i = m_new
 
     # Epilogue.
-    stats_off = bh.to(tl.int64) * N_Q + offs_m
-    o_off = batch * stride_ob + head.to(tl.int64) * stride_oh + offs_m[:, None] * stride_on + offs_d[None, :]
-    o_mask = row_ok[:, None] & d_ok[None, :]
-    tl.store(Lse + stats_off, m_i + tl.log(l_i), mask=row_ok)
     if VARIANT == SOFTMAX:
         out = acc0 / l_i[:, None]
     elif VARIANT == SA:
@@ -132,16 +130,23 @@ def sa_forward_kernel(
         delta = b - a + eps
         # O = (A1' + (m − a) A0) / (δ l). A first causal row with x_00 < 0 has m = a = x_00 and A1' = 0: O = 0.
         out = (acc1 + (m_i - a)[:, None] * acc0) / (delta * l_i)[:, None]
-        tl.store(OutStd + o_off, acc0 / l_i[:, None], mask=o_mask)
-        tl.store(RowA + stats_off, a, mask=row_ok)
-        tl.store(RowDelta + stats_off, delta, mask=row_ok)
-        # −1 where the bound is clamped to 0 (x_min >= 0 / x_max <= 0): no gradient flows through a / b there.
-        tl.store(ArgMin + stats_off, tl.where(min_i < 0.0, argmin_i, -1), mask=row_ok)
-        tl.store(ArgMax + stats_off, tl.where(m_i > 0.0, argmax_i, -1), mask=row_ok)
     else:
         out = (acc1 + m_i[:, None] * acc0) / l_i[:, None]  # A1 / l
+    o_off = batch * stride_ob + head.to(tl.int64) * stride_oh + offs_m[:, None] * stride_on + offs_d[None, :]
+    o_mask = row_ok[:, None] & d_ok[None, :]
     tl.store(Out + o_off, out.to(Out.dtype.element_ty), mask=o_mask)
-    if SAVE_FP32_OUT:
-        # The backward's D = rowsum(dO ∘ O) from an fp16/bf16-rounded O loses digits that the Kerple parameter
-        # gradients (sums over all N² entries) notice; keep O in fp32 for it.
-        tl.store(OutF32 + o_off, out, mask=o_mask)
+
+    if SAVE_FOR_BACKWARD:
+        stats_off = bh.to(tl.int64) * N_Q + offs_m
+        tl.store(Lse + stats_off, m_i + tl.log(l_i), mask=row_ok)
+        if SAVE_FP32_OUT:
+            # The backward's D = rowsum(dO ∘ O) from an fp16/bf16-rounded O loses digits that the Kerple parameter
+            # gradients (sums over all N² entries) notice; keep O in fp32 for it.
+            tl.store(OutF32 + o_off, out, mask=o_mask)
+        if VARIANT == SA:
+            tl.store(OutStd + o_off, acc0 / l_i[:, None], mask=o_mask)
+            tl.store(RowA + stats_off, a, mask=row_ok)
+            tl.store(RowDelta + stats_off, delta, mask=row_ok)
+            # −1 where the bound is clamped to 0 (x_min >= 0 / x_max <= 0): no gradient flows through a / b there.
+            tl.store(ArgMin + stats_off, tl.where(min_i < 0.0, argmin_i, -1), mask=row_ok)
+            tl.store(ArgMax + stats_off, tl.where(m_i > 0.0, argmax_i, -1), mask=row_ok)
