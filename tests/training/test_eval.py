@@ -148,3 +148,83 @@ def test_bad_sampling_options_are_user_errors(rope_model):
     model, _ = rope_model
     with pytest.raises(UserInputError, match="top_p"):
         generate_tokens(model, [1], max_new_tokens=1, vocab_size=VOCAB, top_p=0.0)
+
+
+# --- the CLI end to end: a real 4-step training run (DeepSpeed, own process), then eval and generate -----------
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """(checkpoint dir, dataset prefix) of a tiny run trained by `sa-megatron train` in a subprocess, so the
+    process group it creates does not leak into this test process."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.training.tiny_run import make_corpus, tiny_config_dict
+
+    work = tmp_path_factory.mktemp("run")
+    tokenizer, prefix = make_corpus(work)
+    save_dir = work / "checkpoints"
+    config = tiny_config_dict(tokenizer, prefix, checkpoint={"save_dir": str(save_dir), "save_interval": 0})
+    (work / "run.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    done = subprocess.run([sys.executable, "-m", "launcher.cli", "train", str(work / "run.yaml")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return str(save_dir), prefix
+
+
+def test_cli_eval_writes_json_tensorboard_and_table(trained_run, tmp_path, capsys):
+    import json
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from launcher.cli import main
+
+    save_dir, prefix = trained_run
+    output, tensorboard = tmp_path / "results.json", tmp_path / "tb"
+    assert main(["eval", "--load", save_dir, "--data", prefix, "--lengths", "16,32,64", "--score-last", "8",
+                 "--max-windows", "3", "--batch-size", "2", "--output", str(output),
+                 "--tensorboard-dir", str(tensorboard)]) == 0
+
+    results = json.loads(output.read_text())["results"]
+    assert [(r["length"], r["windows"], r["scored_tokens"]) for r in results] == [(16, 3, 24), (32, 3, 24), (64, 3, 24)]
+    assert all(1 < r["ppl"] < 1e4 and r["ppl"] == pytest.approx(math.exp(r["mean_nll"])) for r in results)
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["length", "windows", "tokens", "nll", "ppl"] and len(table) == 4
+
+    events = EventAccumulator(str(tensorboard))
+    events.Reload()
+    for r in results:
+        (event,) = events.Scalars(f"eval_length/ppl_at_{r['length']}")
+        assert event.value == pytest.approx(r["ppl"], rel=1e-6)
+    curve = {e.step: e.value for e in events.Scalars("eval_length/ppl")}
+    assert curve == {r["length"]: pytest.approx(r["ppl"], rel=1e-6) for r in results}
+
+
+def test_cli_eval_reports_bad_arguments_in_one_line(trained_run, capsys):
+    from launcher.cli import main
+
+    save_dir, prefix = trained_run
+    assert main(["eval", "--load", save_dir, "--data", prefix, "--lengths", "16", "--score-last", "20"]) == 2
+    assert "--score-last must be in [1, 16]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["eval", "--load", save_dir, "--data", prefix, "--lengths", "16,abc"])
+
+
+def test_cli_generate_is_deterministic_when_greedy(trained_run, capsys):
+    from launcher.cli import main
+
+    save_dir, _ = trained_run
+    args = ["generate", "--load", save_dir, "--prompt", "First Citizen:", "--max-new-tokens", "8"]
+    outputs = []
+    for seed in ("0", "1"):
+        assert main(args + ["--temperature", "0", "--seed", seed]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert outputs[0] == outputs[1] and outputs[0].startswith("First Citizen:")
+    assert main(args + ["--temperature", "0.9", "--top-k", "20", "--top-p", "0.9", "--seed", "3"]) == 0
+    assert capsys.readouterr().out.startswith("First Citizen:")
