@@ -1,6 +1,6 @@
 """Tokenize corpus files into a Megatron dataset: PREFIX.bin + PREFIX.idx, plus a PREFIX.json sidecar.
 
-Streaming: documents are read lazily, grouped into ~1 MB chunks, tokenized by a process pool with a
+Streaming: documents are read lazily, grouped into ~256 KB chunks, tokenized by a process pool with a
 bounded window of chunks in flight, and written in input order, so memory is a few chunks, not the corpus.
 The sidecar records which tokenizer (sha256, vocab size) made the ids, so datasets can be checked later.
 """
@@ -18,7 +18,7 @@ from sa_megatron.data.corpus import CorpusReader
 from sa_megatron.data.indexed_dataset import token_dtype, write_index
 from sa_megatron.data.tokenizer import load_tokenizer
 
-CHUNK_CHARS = 1 << 20
+CHUNK_CHARS = 1 << 18
 CHUNKS_IN_FLIGHT_PER_WORKER = 2
 
 _worker_tokenizer = None

@@ -7,7 +7,6 @@ import pytest
 
 from sa_megatron.data import build_gpt_datasets
 from sa_megatron.data.builder import split_documents
-from sa_megatron.data.indexed_dataset import IndexedDataset
 from sa_megatron.data.sample_index import build_blending_index
 from sa_megatron.errors import DataError
 from tests.data.conftest import random_documents
