@@ -151,8 +151,8 @@ def _fp32_state_dict(checkpoint: Path, zero_stage: int) -> dict:
         return {name: tensor.float() for name, tensor in states["module"].items()}
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-    # ZeRO shards the fp32 master weights over ranks; DeepSpeed's utility gathers them (and prints as it goes).
-    with contextlib.redirect_stdout(io.StringIO()):
+    # ZeRO shards the fp32 master weights over ranks; DeepSpeed's utility gathers them (chattily: silence it).
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint), tag=files.ENGINE_TAG)
 
 

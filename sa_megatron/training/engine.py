@@ -1,6 +1,7 @@
 """The DeepSpeed engine for a run: its config dict (built in one place from ours) and its construction."""
 
 import logging
+import warnings
 
 from torch import nn
 
@@ -30,6 +31,8 @@ def deepspeed_config(config: Config, data_parallel: int) -> dict:
     }
     if t.precision == "bf16":
         ds["bf16"] = {"enabled": True}
+        # Accumulate and reduce gradients in fp32 (DeepSpeed's default for bf16 is bf16).
+        ds["data_types"] = {"grad_accum_dtype": "fp32"}
     elif t.precision == "fp16":
         # loss_scale 0 selects DeepSpeed's dynamic loss scaler.
         ds["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": t.initial_loss_scale_power}
@@ -41,6 +44,8 @@ def build_engine(model: nn.Module, config: Config, data_parallel: int):
     import deepspeed
 
     deepspeed.utils.logger.setLevel(logging.WARNING)
+    # DeepSpeed's ZeRO still calls torch.distributed collectives that torch has renamed, once per step.
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed.c10d_logger")
     model.activation_checkpointing = config.training.activation_checkpointing
     engine, *_ = deepspeed.initialize(
         model=model,

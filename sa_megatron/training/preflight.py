@@ -1,6 +1,7 @@
 """Everything checked before a run touches DeepSpeed: config rules, tokenizer, vocabulary."""
 
 import dataclasses
+from pathlib import Path
 
 from sa_megatron.config import Config, padded_vocab_size, validate
 from sa_megatron.errors import ConfigError
@@ -15,10 +16,31 @@ def check_run_config(config: Config, world_size: int) -> None:
             f"parallel.tensor_parallel={p.tensor_parallel} / pipeline_parallel={p.pipeline_parallel}: "
             "`sa-megatron train` runs data parallelism (with ZeRO) only so far; set both to 1"
         )
+    _check_precision(config)
     if config.checkpoint.keep_last < 1:
         raise ConfigError(f"checkpoint.keep_last must be at least 1, got {config.checkpoint.keep_last}")
+    if config.checkpoint.save_dir:
+        try:
+            Path(config.checkpoint.save_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"checkpoint.save_dir {config.checkpoint.save_dir} cannot be created: {err.strerror}") from None
     if config.tokenizer.model is None:
         raise ConfigError("tokenizer.model is not set: give the sentencepiece .model the data was tokenized with")
+
+
+def _check_precision(config: Config) -> None:
+    precision, stage = config.training.precision, config.parallel.zero_stage
+    if precision == "bf16" and stage == 0:
+        # DeepSpeed's stage-0 bf16 path accumulates gradients in bf16; ZeRO-1 keeps fp32 gradients and master weights.
+        raise ConfigError("training.precision=bf16 needs parallel.zero_stage >= 1 (1 costs no extra communication)")
+    if precision == "fp16":
+        from deepspeed.accelerator import get_accelerator
+
+        if not get_accelerator().is_fp16_supported():
+            raise ConfigError(
+                f"training.precision=fp16 is not supported on this {get_accelerator().device_name()} device; "
+                "use bf16 or fp32"
+            )
 
 
 def resolve_vocab(config: Config, tokenizer) -> tuple[Config, int]:

@@ -1,0 +1,52 @@
+"""Start N real ranks as separate processes with the variables torchrun (or srun) would give them."""
+
+import os
+import socket
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_ranks(nproc: int, args: list[str], log_dir) -> list[subprocess.Popen]:
+    """`python <args>` once per rank, stdout+stderr to log_dir/rank_<r>.log; one thread per rank (2 cores)."""
+    port = str(free_port())
+    procs = []
+    for rank in range(nproc):
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(nproc), "LOCAL_RANK": str(rank),
+               "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
+               "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
+        log = open(os.path.join(log_dir, f"rank_{rank}.log"), "w")
+        procs.append(subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=log,
+                                      stderr=subprocess.STDOUT))
+        log.close()
+    return procs
+
+
+def wait_all(procs, timeout: float = 240) -> list[int]:
+    try:
+        return [proc.wait(timeout=timeout) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def read_log(log_dir, rank: int) -> str:
+    with open(os.path.join(log_dir, f"rank_{rank}.log")) as f:
+        return f.read()
+
+
+def run_ranks(nproc: int, args: list[str], log_dir, timeout: float = 240) -> None:
+    """Run to completion and fail with every rank's log when one exits non-zero."""
+    codes = wait_all(start_ranks(nproc, args, log_dir), timeout)
+    if any(codes):
+        logs = "\n".join(f"--- rank {r} (exit {c}) ---\n{read_log(log_dir, r)[-4000:]}" for r, c in enumerate(codes))
+        raise AssertionError(f"ranks failed:\n{logs}")
