@@ -19,6 +19,11 @@ JSONL_SUFFIXES = (".jsonl", ".json")
 BOM = b"\xef\xbb\xbf"
 
 
+def strip_line_end(line: bytes) -> bytes:
+    """Drop one LF or CRLF terminator; other carriage returns are text and stay."""
+    return line[:-2] if line.endswith(b"\r\n") else line[:-1] if line.endswith(b"\n") else line
+
+
 def check_input_files(paths) -> list[Path]:
     """Fail before any work starts if an input is missing or empty."""
     if not paths:
@@ -79,16 +84,16 @@ class CorpusReader:
                     line, line_start = line[len(BOM):], len(BOM)
                 if not line.strip():
                     if paragraph:
-                        yield b"".join(paragraph).rstrip(b"\r\n"), paragraph_start
+                        yield strip_line_end(b"".join(paragraph)), paragraph_start
                         paragraph = []
                 elif per_line:
-                    yield line.rstrip(b"\r\n"), line_start
+                    yield strip_line_end(line), line_start
                 else:
                     if not paragraph:
                         paragraph_start = line_start
                     paragraph.append(line)
             if paragraph:
-                yield b"".join(paragraph).rstrip(b"\r\n"), paragraph_start
+                yield strip_line_end(b"".join(paragraph)), paragraph_start
 
     def _decode(self, path: Path, raw: bytes, offset: int):
         try:

@@ -25,6 +25,8 @@ def test_bom_and_crlf_are_the_only_normalization(tmp_path):
     path.write_bytes(b"\xef\xbb\xbfline one\r\n\r\nline\ttwo \xc3\xa9\r\nlone\rcarriage\r\n")
     assert read(path) == ["line one\n\nline\ttwo é\nlone\rcarriage\n"]
     assert read(path, doc_boundary="blank-line") == ["line one", "line\ttwo é\nlone\rcarriage"]
+    path.write_bytes(b"ends in CR\r\r\nnext\r\n")
+    assert read(path, doc_boundary="line") == ["ends in CR\r", "next"]
 
 
 def test_jsonl(tmp_path):
