@@ -1,7 +1,8 @@
 """Data pipeline speed, printed as tables: tokenization throughput by worker count, index building at scale.
 
 Tokenization: `preprocess` of the Gutenberg books (blank-line documents) with 1, 2 and N workers; MB/s is
-input bytes over wall time, process start-up included. Index building: a synthetic size table (lognormal
+input bytes over wall time, process start-up included; CPU s (this process plus its workers) shows how
+much of the wall time was spent computing, which matters on a shared machine. Index building: a synthetic size table (lognormal
 document lengths, ~1B tokens by default) written as a real .idx with a sparse .bin, then GPTDataset's
 document/sample/shuffle indices built cold (and cached) and loaded warm, plus a blending index.
 
@@ -10,6 +11,7 @@ document/sample/shuffle indices built cold (and cached) and loaded warm, plus a 
 """
 import argparse
 import os
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -37,18 +39,24 @@ def parse_args():
     return parser.parse_args()
 
 
+def cpu_seconds() -> float:
+    return sum(usage.ru_utime + usage.ru_stime for usage in
+               (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
 def tokenization_table(books, tokenizer, worker_counts, work_dir):
     total = sum(book.stat().st_size for book in books)
     print(f"\nTokenization: {len(books)} Gutenberg books, {total / 1e6:.1f} MB, blank-line documents")
-    print(f"{'workers':>8} {'seconds':>8} {'MB/s':>7} {'tokens':>10} {'speedup':>8}")
+    print(f"{'workers':>8} {'seconds':>8} {'MB/s':>7} {'CPU s':>7} {'tokens':>10} {'speedup':>8}")
     baseline = None
     for workers in worker_counts:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), cpu_seconds()
         summary = preprocess(books, tokenizer, work_dir / f"books-{workers}", workers=workers,
                              doc_boundary="blank-line", show_progress=False)
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
         baseline = baseline or seconds
-        print(f"{workers:>8} {seconds:>8.2f} {total / 1e6 / seconds:>7.2f} {summary.tokens:>10} {baseline / seconds:>7.2f}x")
+        print(f"{workers:>8} {seconds:>8.2f} {total / 1e6 / seconds:>7.2f} {cpu:>7.2f} {summary.tokens:>10} "
+              f"{baseline / seconds:>7.2f}x")
 
 
 def synthetic_dataset(prefix: Path, tokens: float, documents: float) -> np.ndarray:
