@@ -60,6 +60,27 @@ def sa_backward_preprocess_kernel(
 
 
 @triton.jit
+def load_row_stats(RowD, RowA, RowDelta, RowGa, RowGb, ArgMin, ArgMax, offs, row_ok, VARIANT: tl.constexpr):
+    """Per-row D, and for "sa" a, δ, Ga, Gb, argmin, argmax. Padding rows get values under which they add nothing."""
+    d_row = tl.load(RowD + offs, mask=row_ok, other=0.0)
+    if VARIANT == SA:
+        a_row = tl.load(RowA + offs, mask=row_ok, other=0.0)
+        delta_row = tl.load(RowDelta + offs, mask=row_ok, other=1.0)
+        ga_row = tl.load(RowGa + offs, mask=row_ok, other=0.0)
+        gb_row = tl.load(RowGb + offs, mask=row_ok, other=0.0)
+        argmin_row = tl.load(ArgMin + offs, mask=row_ok, other=-1)
+        argmax_row = tl.load(ArgMax + offs, mask=row_ok, other=-1)
+    else:  # softmax / sa_raw read only D; the rest are placeholders that score_grad_tile ignores
+        a_row = d_row
+        delta_row = d_row
+        ga_row = d_row
+        gb_row = d_row
+        argmin_row = row_ok.to(tl.int32)
+        argmax_row = argmin_row
+    return d_row, a_row, delta_row, ga_row, gb_row, argmin_row, argmax_row
+
+
+@triton.jit
 def score_grad_tile(x, s, dp, d_row, a_row, delta_row, ga_row, gb_row, argmin_row, argmax_row, offs_n,
                     VARIANT: tl.constexpr):
     """Weights w and score gradient dS of one tile (formulas in the module docstring).
@@ -136,21 +157,8 @@ def sa_backward_dkdv_kernel(
         do = tl.load(do_base + offs_m[:, None] * stride_dn + offs_d[None, :], mask=q_mask, other=0.0)
         stats_off = stats_base + offs_m
         lse = tl.load(Lse + stats_off, mask=row_ok, other=0.0)
-        d_row = tl.load(RowD + stats_off, mask=row_ok, other=0.0)
-        if VARIANT == SA:
-            a_row = tl.load(RowA + stats_off, mask=row_ok, other=0.0)
-            delta_row = tl.load(RowDelta + stats_off, mask=row_ok, other=1.0)
-            ga_row = tl.load(RowGa + stats_off, mask=row_ok, other=0.0)
-            gb_row = tl.load(RowGb + stats_off, mask=row_ok, other=0.0)
-            argmin_row = tl.load(ArgMin + stats_off, mask=row_ok, other=-1)
-            argmax_row = tl.load(ArgMax + stats_off, mask=row_ok, other=-1)
-        else:
-            a_row = d_row
-            delta_row = d_row
-            ga_row = d_row
-            gb_row = d_row
-            argmin_row = offs_m
-            argmax_row = offs_m
+        d_row, a_row, delta_row, ga_row, gb_row, argmin_row, argmax_row = load_row_stats(
+            RowD, RowA, RowDelta, RowGa, RowGb, ArgMin, ArgMax, stats_off, row_ok, VARIANT)
 
         x = score_tile(q, k_t, q_pos, offs_n, scale, slope, kerple_p, kerple_a, BIAS, DOT_PRECISION)
         visible = key_visible(q_pos, offs_n, N_K, CAUSAL) & row_ok[:, None]
@@ -199,21 +207,8 @@ def sa_backward_dq_kernel(
                  + offs_d[None, :], mask=q_mask, other=0.0)
     stats_off = bh.to(tl.int64) * N_Q + offs_m
     lse = tl.load(Lse + stats_off, mask=row_ok, other=0.0)
-    d_row = tl.load(RowD + stats_off, mask=row_ok, other=0.0)
-    if VARIANT == SA:
-        a_row = tl.load(RowA + stats_off, mask=row_ok, other=0.0)
-        delta_row = tl.load(RowDelta + stats_off, mask=row_ok, other=1.0)
-        ga_row = tl.load(RowGa + stats_off, mask=row_ok, other=0.0)
-        gb_row = tl.load(RowGb + stats_off, mask=row_ok, other=0.0)
-        argmin_row = tl.load(ArgMin + stats_off, mask=row_ok, other=-1)
-        argmax_row = tl.load(ArgMax + stats_off, mask=row_ok, other=-1)
-    else:
-        a_row = d_row
-        delta_row = d_row
-        ga_row = d_row
-        gb_row = d_row
-        argmin_row = offs_m
-        argmax_row = offs_m
+    d_row, a_row, delta_row, ga_row, gb_row, argmin_row, argmax_row = load_row_stats(
+        RowD, RowA, RowDelta, RowGa, RowGb, ArgMin, ArgMax, stats_off, row_ok, VARIANT)
     k_base = K + batch * stride_kb + kv_head * stride_kh
     v_base = V + batch * stride_vb + kv_head * stride_vh
     slope = tl.load(BiasParams + head)

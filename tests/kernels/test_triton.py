@@ -80,7 +80,7 @@ def test_length_sweep(n, variant, causal, dtype):
 
 # ---- shapes beyond the basic layout -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("head_dim", [8, 24])
+@pytest.mark.parametrize("head_dim", [8, 24, pytest.param(256, marks=pytest.mark.slow)])
 def test_head_dim_padded_to_power_of_two(head_dim):
     check(inputs_on_device(n_q=33, head_dim=head_dim, bias="alibi"), variant="sa", causal=True)
 
@@ -206,7 +206,7 @@ def test_rejects_bad_inputs():
     with pytest.raises(ValueError, match="variant"):
         triton_attention(q, k, v, variant="relu")
     with pytest.raises(ValueError, match="multiple of K/V heads"):
-        triton_attention(q, k[:, :1].expand(1, 3, 8, 16)[:, :3], v[:, :1].expand(1, 3, 8, 16))
+        triton_attention(q, k[:, :1].expand(1, 3, 8, 16), v[:, :1].expand(1, 3, 8, 16))
     with pytest.raises(ValueError, match="share a dtype"):
         triton_attention(q, k.half(), v)
     with pytest.raises(ValueError, match="n_q <= n_k"):
