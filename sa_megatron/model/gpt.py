@@ -11,8 +11,8 @@ from torch.utils.checkpoint import checkpoint
 
 from sa_megatron.config.schema import ModelConfig
 from sa_megatron.model.block import TransformerBlock
-from sa_megatron.model.stages import EmbeddingStage, OutputStage
 from sa_megatron.model.init import init_methods
+from sa_megatron.model.stages import EmbeddingStage, OutputStage
 from sa_megatron.parallel.comm import all_reduce_sum
 from sa_megatron.parallel.state import tensor_parallel_group, tensor_parallel_world_size
 

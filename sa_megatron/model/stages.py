@@ -1,8 +1,9 @@
 """The first and last pipeline stages: token (+ learned position) embedding, and final norm + output head.
 
 TIED EMBEDDINGS: with `tie_embeddings` the head holds a reference to the embedding stage's `word_embeddings`
-module and multiplies by its weight — one parameter, reached from both stages. A pipeline split that puts the two
-stages on different ranks must replace this shared reference with DeepSpeed's TiedLayerSpec.
+module and multiplies by its weight — one parameter, reached from both stages (ZeRO-3 gathers it on access; see
+tests/model/test_zero3.py). A pipeline split that puts the two stages on different ranks must replace this shared
+reference with DeepSpeed's TiedLayerSpec.
 """
 from typing import Optional
 
