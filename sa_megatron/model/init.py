@@ -7,11 +7,11 @@ Two kinds of weight matrices, given `h = hidden_size`, `L = num_layers`:
 - output projections: the attention output projection and the MLP's last linear — the two matrices that write into
   the residual stream, so their scale sets how fast the residual grows with depth.
 
-| init_method  | input-side weights              | output projections            |
-|--------------|---------------------------------|-------------------------------|
-| "small_init" | N(0, sqrt(2 / (5h)))  small_init | N(0, 2 / (L·sqrt(h))) wang    |
-| "wang_init"  | N(0, sqrt(2 / (5h)))  small_init | N(0, 2 / (L·sqrt(h))) wang    |
-| "normal"     | N(0, init_std)                  | N(0, init_std)                |
+| init_method  | input-side weights               | output projections          |
+|--------------|----------------------------------|-----------------------------|
+| "small_init" | N(0, sqrt(2 / (5h)))  small_init | N(0, 2 / (L·sqrt(h)))  wang |
+| "wang_init"  | N(0, sqrt(2 / (5h)))  small_init | N(0, 2 / (L·sqrt(h)))  wang |
+| "normal"     | N(0, init_std)                   | N(0, init_std)              |
 
 ("small_init" and "wang_init" are GPT-NeoX's usual pairing, init_method=small_init with
 output_layer_init_method=wang_init, reached from either name.) Biases start at zero and norm weights at one (the
