@@ -92,7 +92,9 @@ def trainer_tokens_per_sec(raw: dict, work: Path, warmup: int) -> float:
     tensorboard = work / "tb"
     raw = {**raw, "logging": {**raw["logging"], "tensorboard_dir": str(tensorboard)}}
     (work / "run.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    from sa_megatron.training.distributed import TORCHRUN_VARS
+
+    env = {name: value for name, value in os.environ.items() if name not in TORCHRUN_VARS}
     env["OMP_NUM_THREADS"] = str(torch.get_num_threads())  # the same thread count as the plain loop here
     done = subprocess.run([sys.executable, "-m", "launcher.cli", "train", str(work / "run.yaml")], cwd=REPO_ROOT,
                           env=env, capture_output=True, text=True)

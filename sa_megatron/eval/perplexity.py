@@ -65,10 +65,14 @@ def perplexity_at_length(model, stream: torch.Tensor, length: int, *, score_last
                          batch_size: int = 1, max_windows: Optional[int] = None) -> LengthPerplexity:
     score_last = length if score_last is None else score_last
     if not 0 < score_last <= length:
-        raise UserInputError(f"--score-last must be in [1, {length}] for length {length}, got {score_last}")
+        raise UserInputError(
+            f"score_last (--score-last) must be in [1, {length}] for length {length}, got {score_last}"
+        )
     windows = window_count(stream.numel(), length, max_windows)
     if windows == 0:
-        raise UserInputError(f"the evaluation stream has {stream.numel()} tokens: too few for one window of {length}")
+        raise UserInputError(
+            f"the evaluation stream has {stream.numel()} tokens: too few for one window of {length}"
+        )
     model.eval()
     device = next(model.parameters()).device
     total_nll = 0.0

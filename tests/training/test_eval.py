@@ -1,16 +1,25 @@
 """Length-extrapolation perplexity and text generation on a tiny, freshly built model."""
 
+import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from launcher.cli import main
 from sa_megatron.config.schema import ModelConfig
 from sa_megatron.errors import UserInputError
 from sa_megatron.eval.generate import filter_logits, generate_tokens
 from sa_megatron.eval.perplexity import perplexity_at_length, perplexity_at_lengths, window_count
 from sa_megatron.model import build_model
+from sa_megatron.training.distributed import TORCHRUN_VARS
+from tests.training.tiny_run import make_corpus, tiny_config_dict
 
 VOCAB, PADDED_VOCAB = 100, 128
 
@@ -116,7 +125,8 @@ def test_stops_at_eod(rope_model):
     greedy = generate_tokens(model, [9], max_new_tokens=10, vocab_size=VOCAB, temperature=0.0)
     eod = greedy[3]
     stop = greedy.index(eod)
-    assert generate_tokens(model, [9], max_new_tokens=10, vocab_size=VOCAB, temperature=0.0, eod_id=eod) == greedy[:stop]
+    stopped = generate_tokens(model, [9], max_new_tokens=10, vocab_size=VOCAB, temperature=0.0, eod_id=eod)
+    assert stopped == greedy[:stop]
 
 
 def test_learned_positions_generate_past_their_table_by_truncating():
@@ -156,22 +166,13 @@ def test_bad_sampling_options_are_user_errors(rope_model):
 def trained_run(tmp_path_factory):
     """(checkpoint dir, dataset prefix) of a tiny run trained by `sa-megatron train` in a subprocess, so the
     process group it creates does not leak into this test process."""
-    import os
-    import subprocess
-    import sys
-
-    import yaml
-
-    from tests.training.tiny_run import make_corpus, tiny_config_dict
-
     work = tmp_path_factory.mktemp("run")
     tokenizer, prefix = make_corpus(work)
     save_dir = work / "checkpoints"
     config = tiny_config_dict(tokenizer, prefix, checkpoint={"save_dir": str(save_dir), "save_interval": 0})
     (work / "run.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(name, None)
+    env = {name: value for name, value in os.environ.items() if name not in TORCHRUN_VARS}
+    env["OMP_NUM_THREADS"] = "1"
     done = subprocess.run([sys.executable, "-m", "launcher.cli", "train", str(work / "run.yaml")], env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
@@ -179,12 +180,6 @@ def trained_run(tmp_path_factory):
 
 
 def test_cli_eval_writes_json_tensorboard_and_table(trained_run, tmp_path, capsys):
-    import json
-
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    from launcher.cli import main
-
     save_dir, prefix = trained_run
     output, tensorboard = tmp_path / "results.json", tmp_path / "tb"
     assert main(["eval", "--load", save_dir, "--data", prefix, "--lengths", "16,32,64", "--score-last", "8",
@@ -207,18 +202,14 @@ def test_cli_eval_writes_json_tensorboard_and_table(trained_run, tmp_path, capsy
 
 
 def test_cli_eval_reports_bad_arguments_in_one_line(trained_run, capsys):
-    from launcher.cli import main
-
     save_dir, prefix = trained_run
     assert main(["eval", "--load", save_dir, "--data", prefix, "--lengths", "16", "--score-last", "20"]) == 2
-    assert "--score-last must be in [1, 16]" in capsys.readouterr().err
+    assert "(--score-last) must be in [1, 16]" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["eval", "--load", save_dir, "--data", prefix, "--lengths", "16,abc"])
 
 
 def test_cli_generate_is_deterministic_when_greedy(trained_run, capsys):
-    from launcher.cli import main
-
     save_dir, _ = trained_run
     args = ["generate", "--load", save_dir, "--prompt", "First Citizen:", "--max-new-tokens", "8"]
     outputs = []
