@@ -1,8 +1,8 @@
 """Fused Triton SA-Softmax attention: the autograd wrapper around the forward/backward kernels.
 
 ``triton_attention(q, k, v, *, variant, causal, scale, alibi_slopes, kerple, eps)`` takes SDPA-layout tensors
-``(batch, heads, seq, head_dim)`` (K/V may have fewer heads that divide the query heads: grouped-query attention)
-and is differentiable with respect to q, k, v and the Kerple ``(p, a)`` parameters. Semantics are DESIGN §6's,
+``(batch, heads, seq, head_dim)`` with any strides whose last one is 1 (other tensors are copied). K/V may have
+fewer heads that divide the query heads (grouped-query attention). It is differentiable with respect to q, k, v and the Kerple ``(p, a)`` parameters. Semantics are DESIGN §6's,
 shared with ``kernels/eager.py``; the bias convention is ``kernels/bias.py``'s.
 
 Runs on CUDA tensors, or on CPU tensors when ``TRITON_INTERPRET=1`` was set before triton was imported.
@@ -11,6 +11,7 @@ import math
 
 import torch
 import triton
+from torch.autograd.function import once_differentiable
 
 from kernels.triton_backward import (PREPROCESS_BLOCK_M, sa_backward_dkdv_kernel, sa_backward_dq_kernel,
                                      sa_backward_preprocess_kernel)
@@ -34,6 +35,12 @@ def _block_d(head_dim):
     return max(16, triton.next_power_of_2(head_dim))  # tl.dot needs every dimension >= 16
 
 
+def _unit_last_stride(t):
+    # The kernels take batch/head/sequence strides (e.g. a (B, N, H, D) QKV projection viewed as (B, H, N, D)
+    # needs no copy) but read head_dim contiguously.
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
 def _bhn_strides(t):
     return t.stride(0), t.stride(1), t.stride(2)
 
@@ -43,7 +50,7 @@ class _TritonSAAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, kerple_p, kerple_a, alibi_slopes, variant, causal, scale, eps):
         batch, heads, n_q, head_dim = q.shape
         kv_heads, n_k = k.shape[1], k.shape[2]
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        q, k, v = _unit_last_stride(q), _unit_last_stride(k), _unit_last_stride(v)
         code = VARIANT_CODES[variant]
         bias = _bias_code(alibi_slopes, kerple_p)
         bias_params = torch.zeros(3, heads, device=q.device, dtype=torch.float32)
@@ -87,12 +94,13 @@ class _TritonSAAttention(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dout):
         q, k, v, out_f32, out_std, lse, row_a, row_delta, argmin, argmax, bias_params = ctx.saved_tensors
         variant, causal, scale, bias = ctx.options
         batch, heads, n_q, head_dim = q.shape
         kv_heads, n_k = k.shape[1], k.shape[2]
-        dout = dout.contiguous()
+        dout = _unit_last_stride(dout)
         code = VARIANT_CODES[variant]
         block_d = _block_d(head_dim)
         precision = _dot_precision(q.dtype)

@@ -112,12 +112,15 @@ def test_grouped_query_attention_matches_repeated_kv():
         torch.testing.assert_close(got.double(), want, atol=1e-4, rtol=1e-4)
 
 
-def test_non_contiguous_inputs():
+def test_strided_inputs():
     inputs = inputs_on_device(n_q=30, head_dim=16, bias="kerple")
-    # (B, N, H, D) storage viewed as (B, H, N, D), as a fused QKV projection produces.
-    for name in ("q", "k", "v"):
+    # (B, N, H, D) storage viewed as (B, H, N, D), as a fused QKV projection produces (read in place), and a v
+    # whose last dimension is strided (copied).
+    for name in ("q", "k", "dout"):
         inputs[name] = inputs[name].transpose(1, 2).contiguous().transpose(1, 2)
         assert not inputs[name].is_contiguous()
+    inputs["v"] = torch.stack([inputs["v"], inputs["v"]], dim=-1)[..., 0]
+    assert inputs["v"].stride(-1) == 2
     check(inputs, variant="sa", causal=True)
 
 
