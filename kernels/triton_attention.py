@@ -118,8 +118,9 @@ class _TritonSAAttention(torch.autograd.Function):
             VARIANT=code, BLOCK_M=PREPROCESS_BLOCK_M, BLOCK_D=block_d,
         )
 
-        # dK / dV per query head; grouped-query heads are summed below (deterministic, no atomics).
-        dk = torch.empty(batch, heads, n_k, head_dim, device=q.device, dtype=q.dtype)
+        # dK / dV per query head; grouped-query heads are summed below in fp32 (deterministic, no atomics).
+        grad_kv_dtype = q.dtype if kv_heads == heads else torch.float32
+        dk = torch.empty(batch, heads, n_k, head_dim, device=q.device, dtype=grad_kv_dtype)
         dv = torch.empty_like(dk)
         common = dict(VARIANT=code, CAUSAL=causal, BIAS=bias, DOT_PRECISION=precision, BLOCK_D=block_d)
         sa_backward_dkdv_kernel[lambda meta: (triton.cdiv(n_k, meta["BLOCK_N"]), batch * heads)](
@@ -141,8 +142,8 @@ class _TritonSAAttention(torch.autograd.Function):
 
         if kv_heads != heads:
             group = heads // kv_heads
-            dk = dk.view(batch, kv_heads, group, n_k, head_dim).sum(2, dtype=torch.float32).to(q.dtype)
-            dv = dv.view(batch, kv_heads, group, n_k, head_dim).sum(2, dtype=torch.float32).to(q.dtype)
+            dk = dk.view(batch, kv_heads, group, n_k, head_dim).sum(2).to(q.dtype)
+            dv = dv.view(batch, kv_heads, group, n_k, head_dim).sum(2).to(q.dtype)
         grad_p = grad_a = None
         if kerple:
             grad_p = row_grad_p.view(batch, heads, n_q).sum(dim=(0, 2))
