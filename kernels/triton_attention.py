@@ -2,8 +2,9 @@
 
 ``triton_attention(q, k, v, *, variant, causal, scale, alibi_slopes, kerple, eps)`` takes SDPA-layout tensors
 ``(batch, heads, seq, head_dim)`` with any strides whose last one is 1 (other tensors are copied). K/V may have
-fewer heads that divide the query heads (grouped-query attention). It is differentiable with respect to q, k, v and the Kerple ``(p, a)`` parameters. Semantics are DESIGN §6's,
-shared with ``kernels/eager.py``; the bias convention is ``kernels/bias.py``'s.
+fewer heads that divide the query heads (grouped-query attention). It is differentiable with respect to q, k, v
+and the Kerple ``(p, a)`` parameters. Semantics are DESIGN §6's, shared with ``kernels/eager.py``; the bias
+convention is ``kernels/bias.py``'s.
 
 Runs on CUDA tensors, or on CPU tensors when ``TRITON_INTERPRET=1`` was set before triton was imported.
 """

@@ -18,7 +18,7 @@ Both tile kernels recompute s = exp(x − LSE) and, with dp = dO·vᵀ:
 import triton
 import triton.language as tl
 
-from kernels.triton_common import KERPLE, SA, SA_RAW, SOFTMAX, autotune, key_visible, score_tile
+from kernels.triton_common import KERPLE, SA, SOFTMAX, autotune, key_visible, score_tile
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) tried on a GPU; the last of each is a small fallback (head_dim 256).
 DKDV_CONFIGS = [(64, 128, 8, 3), (32, 128, 4, 3), (64, 64, 4, 3), (32, 64, 4, 3), (16, 64, 4, 4), (16, 32, 4, 1)]
@@ -97,7 +97,7 @@ def score_grad_tile(x, s, dp, d_row, a_row, delta_row, ga_row, gb_row, argmin_ro
         ds = s * (dp * (1.0 + x_minus_a) * inv_delta - d_row[:, None])
         ds += tl.where(offs_n[None, :] == argmin_row[:, None], ga_row[:, None], 0.0)
         ds += tl.where(offs_n[None, :] == argmax_row[:, None], gb_row[:, None], 0.0)
-    else:
+    else:  # sa_raw
         w = x * s
         ds = s * (dp * (1.0 + x) - d_row[:, None])
     return w, ds

@@ -11,10 +11,9 @@ import os
 import triton
 import triton.language as tl
 
-# Variant codes (``VARIANT`` constexpr of every kernel).
+# Variant codes (``VARIANT`` constexpr of every kernel); kernels treat any other code as "sa_raw".
 SOFTMAX = tl.constexpr(0)
 SA = tl.constexpr(1)
-SA_RAW = tl.constexpr(2)
 VARIANT_CODES = {"softmax": 0, "sa": 1, "sa_raw": 2}
 
 # Bias codes (``BIAS`` constexpr).

@@ -13,13 +13,13 @@ and rescales by α = e^{m_old − m_new} when the max grows: l ← α l, A0 ← 
 Epilogue:  softmax  O = A0 / l
            sa       O = (A1' + (m − a) A0) / (δ l),  δ = b − a + eps;  also O_std = A0 / l
            sa_raw   O = (A1' + m A0) / l            (= A1 / l)
-and, when a backward will follow, LSE = m + log l for every variant. O_std and, for fp16/bf16 inputs, an fp32 copy of O are saved in fp32
-for the backward's row sums D = rowsum(dO ∘ O) and S0 = rowsum(dO ∘ O_std).
+and, when a backward will follow, LSE = m + log l for every variant. O_std and, for fp16/bf16 inputs, an fp32
+copy of O are saved in fp32 for the backward's row sums D = rowsum(dO ∘ O) and S0 = rowsum(dO ∘ O_std).
 """
 import triton
 import triton.language as tl
 
-from kernels.triton_common import SA, SA_RAW, SOFTMAX, autotune, key_visible, score_tile
+from kernels.triton_common import SA, SOFTMAX, autotune, key_visible, score_tile
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) tried on a GPU. The last, small one keeps head_dim 256 in fp32
 # within shared memory when every larger tile is out of resources (the autotuner skips those).
@@ -43,7 +43,8 @@ def sa_forward_kernel(
     stride_ob, stride_oh, stride_on,
     H, KV_GROUP, N_Q, N_K, HEAD_DIM, scale, eps,
     VARIANT: tl.constexpr, CAUSAL: tl.constexpr, BIAS: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    SAVE_FOR_BACKWARD: tl.constexpr, SAVE_FP32_OUT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    SAVE_FOR_BACKWARD: tl.constexpr, SAVE_FP32_OUT: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -130,8 +131,8 @@ def sa_forward_kernel(
         delta = b - a + eps
         # O = (A1' + (m − a) A0) / (δ l). A first causal row with x_00 < 0 has m = a = x_00 and A1' = 0: O = 0.
         out = (acc1 + (m_i - a)[:, None] * acc0) / (delta * l_i)[:, None]
-    else:
-        out = (acc1 + m_i[:, None] * acc0) / l_i[:, None]  # A1 / l
+    else:  # sa_raw: O = A1 / l
+        out = (acc1 + m_i[:, None] * acc0) / l_i[:, None]
     o_off = batch * stride_ob + head.to(tl.int64) * stride_oh + offs_m[:, None] * stride_on + offs_d[None, :]
     o_mask = row_ok[:, None] & d_ok[None, :]
     tl.store(Out + o_off, out.to(Out.dtype.element_ty), mask=o_mask)
