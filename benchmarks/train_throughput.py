@@ -1,8 +1,9 @@
 """Training tokens/s on CPU: our trainer (`sa-megatron train`, DeepSpeed, one process) against a minimal
 plain-PyTorch loop on the same model, optimizer settings, batch shapes and step count, for softmax / sa / sa_raw.
 
-Both sides run `warmup` untimed steps, then `steps` timed ones. The plain loop times itself; the trainer's number
-is the one it logs (TensorBoard `throughput/tokens_per_sec`, log_interval 1, attention stats off), read back from
+Both sides run `warmup` untimed steps, then `steps` timed ones, and report tokens per second of their median step
+(robust to other processes competing for the CPU). The plain loop times itself; the trainer's per-step numbers are
+the ones it logs (TensorBoard `throughput/tokens_per_sec`, log_interval 1, attention stats off), read back from
 its event files, so process start and DeepSpeed initialization are excluded from both. Data: tinyshakespeare
 tokenized with the demo's 2048-token BPE (prepared once under --work-dir).
 
@@ -12,6 +13,7 @@ tokenized with the demo's 2048-token BPE (prepared once under --work-dir).
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -22,6 +24,7 @@ import torch
 import yaml
 
 from sa_megatron.config import from_dict, padded_vocab_size
+from sa_megatron.training.distributed import TORCHRUN_VARS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VOCAB = 2048
@@ -72,9 +75,9 @@ def plain_tokens_per_sec(raw: dict, stream: torch.Tensor, warmup: int, steps: in
     optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.adam_eps,
                                   weight_decay=o.weight_decay)
     window = m.seq_length + 1
+    durations = []
     for step in range(warmup + steps):
-        if step == warmup:
-            start = time.perf_counter()
+        start = time.perf_counter()
         first = step * t.micro_batch_size * window
         tokens = stream[first:first + t.micro_batch_size * window].view(t.micro_batch_size, window)
         loss = language_model_loss(model(tokens[:, :-1]), tokens[:, 1:])
@@ -82,7 +85,8 @@ def plain_tokens_per_sec(raw: dict, stream: torch.Tensor, warmup: int, steps: in
         torch.nn.utils.clip_grad_norm_(model.parameters(), o.clip_grad)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    return steps * t.micro_batch_size * m.seq_length / (time.perf_counter() - start)
+        durations.append(time.perf_counter() - start)
+    return t.micro_batch_size * m.seq_length / statistics.median(durations[warmup:])
 
 
 def trainer_tokens_per_sec(raw: dict, work: Path, warmup: int) -> float:
@@ -92,8 +96,6 @@ def trainer_tokens_per_sec(raw: dict, work: Path, warmup: int) -> float:
     tensorboard = work / "tb"
     raw = {**raw, "logging": {**raw["logging"], "tensorboard_dir": str(tensorboard)}}
     (work / "run.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
-    from sa_megatron.training.distributed import TORCHRUN_VARS
-
     env = {name: value for name, value in os.environ.items() if name not in TORCHRUN_VARS}
     env["OMP_NUM_THREADS"] = str(torch.get_num_threads())  # the same thread count as the plain loop here
     done = subprocess.run([sys.executable, "-m", "launcher.cli", "train", str(work / "run.yaml")], cwd=REPO_ROOT,
@@ -102,9 +104,8 @@ def trainer_tokens_per_sec(raw: dict, work: Path, warmup: int) -> float:
         raise RuntimeError(f"sa-megatron train failed:\n{done.stdout[-2000:]}{done.stderr[-4000:]}")
     events = EventAccumulator(str(tensorboard), size_guidance={"scalars": 0})
     events.Reload()
-    timed = [e.value for e in events.Scalars("throughput/tokens_per_sec") if e.step > warmup]
-    # Every step has the same token count, so the rate over all timed steps is the harmonic mean.
-    return len(timed) / sum(1.0 / rate for rate in timed)
+    # Every step has the same token count, so the median step's rate is the median rate.
+    return statistics.median(e.value for e in events.Scalars("throughput/tokens_per_sec") if e.step > warmup)
 
 
 def main():
