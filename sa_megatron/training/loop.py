@@ -174,10 +174,14 @@ class _Run:
         if self.metrics is not None:
             losses, t = self.interval_losses, self.config.training
             self.metrics.log_train(
-                step, loss=statistics.fmean(losses), lr=lr, grad_norm=self.engine.get_global_grad_norm(),
+                step, loss=statistics.fmean(losses), lr=lr, grad_norm=self.grad_norm(),
                 loss_scale=self.loss_scale(), tokens=len(losses) * t.global_batch_size * self.config.model.seq_length,
                 elapsed_s=now - self.interval_start, attention_stats=attention_stats)
         self.interval_losses, self.interval_start = [], now
+
+    def grad_norm(self) -> Optional[float]:
+        norm = self.engine.get_global_grad_norm()  # a float or a 0-d tensor, depending on the ZeRO stage
+        return None if norm is None else float(norm)
 
     def loss_scale(self) -> Optional[float]:
         if self.config.training.precision != "fp16":
