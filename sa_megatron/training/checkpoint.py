@@ -108,7 +108,8 @@ def _load_engine_and_rng(engine, checkpoint: Path) -> Optional[str]:
         rng_state = files.read_json(files.rng_file(checkpoint, dist.get_rank()))
         load_path, _ = engine.load_checkpoint(str(checkpoint), tag=files.ENGINE_TAG)
     except Exception as err:  # noqa: BLE001 - any failure means "not loadable", reported and skipped
-        return f"engine state could not be loaded ({type(err).__name__}: {err})"
+        detail = str(err).strip().splitlines()[:1]
+        return f"its state could not be loaded ({type(err).__name__}{': ' + detail[0] if detail else ''})"
     if load_path is None:
         return "engine state files are missing"
     restore_rng_state(rng_state)
