@@ -6,6 +6,7 @@ import socket
 import torch
 import torch.distributed as dist
 
+# What torchrun (and our tests, srun wrappers) set for each rank.
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 

@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+from sa_megatron.training.distributed import TORCHRUN_VARS
 from tests.training.launch import free_port
 from tests.training.tiny_run import make_corpus
 
@@ -19,8 +20,7 @@ def one_rank_world():
     """Let `train` run inside the pytest process as rank 0 of 1; the group is torn down after the session."""
     import torch.distributed as dist
 
-    names = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-    saved = {name: os.environ.get(name) for name in names}
+    saved = {name: os.environ.get(name) for name in TORCHRUN_VARS}
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     yield
     if dist.is_initialized():

@@ -10,6 +10,7 @@ import time
 import pytest
 import yaml
 
+from sa_megatron.training.distributed import TORCHRUN_VARS
 from tests.training.launch import REPO, read_log, run_ranks, start_ranks, wait_all
 from tests.training.tiny_run import tiny_config_dict
 
@@ -57,8 +58,7 @@ def test_sigterm_saves_exits_zero_and_resumes_bit_for_bit(corpus, tmp_path):
 
 
 def run_cli(*args, env_extra=None):
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                             "MASTER_PORT")}
+    env = {name: value for name, value in os.environ.items() if name not in TORCHRUN_VARS}
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=REPO, **(env_extra or {}))
     return subprocess.run([sys.executable, *CLI, *args], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=120)
