@@ -49,12 +49,24 @@ def test_shipped_configs_are_valid(path):
         ("parallel.zero_stage=4", "zero_stage must be 0, 1, 2 or 3"),
         ("model.num_layers=0", "model.num_layers must be positive"),
         ("noequals", "must look like section.key=value"),
+        ("checkpoint.keep_last=0", "checkpoint.keep_last must be at least 1"),
     ],
 )
 def test_bad_values_name_the_field(override, message):
     with pytest.raises(ConfigError, match=None) as err:
         load_config([], [override])
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("backend", ("chunked", "triton"))
+def test_dape_needs_the_eager_score_matrix(backend):
+    with pytest.raises(ConfigError, match="dapev2-kerple.*eager.*attention_backend"):
+        load_config([], ["model.position_encoding=dapev2-kerple", f"model.attention_backend={backend}"])
+
+
+def test_dape_cannot_split_heads_over_tensor_parallel():
+    with pytest.raises(ConfigError, match="dapev2-kerple.*tensor_parallel=2"):
+        load_config([], ["model.position_encoding=dapev2-kerple", "parallel.tensor_parallel=2"])
 
 
 def test_pipeline_with_zero2_is_rejected():

@@ -36,9 +36,11 @@ class ModelConfig:
     attention: Literal["softmax", "sa", "sa_raw"] = doc("sa", "Attention weighting: softmax, SA-Softmax (normalized), or raw x*softmax(x).")
     attention_eps: float = doc(1e-6, "Epsilon in the SA-Softmax normalizer (max - min + eps).")
     attention_backend: Literal["auto", "triton", "chunked", "eager"] = doc("auto", "Attention core: auto = triton on GPU, chunked/eager on CPU.")
-    init_method: Literal["small_init", "wang_init", "normal"] = doc(
-        "small_init", "Weight init: GPT-NeoX small_init for inputs and wang_init for output projections, or N(0, init_std) everywhere.")
-    init_std: float = doc(0.02, "Std of the 'normal' init method.")
+    init_method: Literal["small_init", "normal"] = doc(
+        "small_init", "Init of input-side weights (embeddings, QKV, MLP in): GPT-NeoX small_init N(0, sqrt(2/(5h))) or N(0, init_std).")
+    output_init_method: Literal["wang_init", "scaled_normal", "normal"] = doc(
+        "wang_init", "Init of residual-output projections (attention out, MLP out): GPT-NeoX wang_init N(0, 2/(L*sqrt(h))), Megatron's N(0, init_std/sqrt(2L)), or N(0, init_std).")
+    init_std: float = doc(0.02, "Std of the 'normal' and 'scaled_normal' init methods.")
     hidden_dropout: float = doc(0.0, "Dropout on the residual branches and embeddings.")
 
 

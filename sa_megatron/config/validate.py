@@ -46,6 +46,19 @@ def validate(config: Config, world_size: Optional[int] = None) -> None:
             f"parallel.zero_stage={p.zero_stage} cannot be combined with pipeline_parallel={p.pipeline_parallel}: "
             "DeepSpeed's pipeline engine supports ZeRO stage 0 or 1 only"
         )
+    if m.position_encoding == "dapev2-kerple":
+        if m.attention_backend not in ("auto", "eager"):
+            raise ConfigError(
+                "model.position_encoding='dapev2-kerple' needs the full N×N score matrix and runs on the eager "
+                f"attention path only; set model.attention_backend to 'auto' or 'eager' (got '{m.attention_backend}')"
+            )
+        if p.tensor_parallel > 1:
+            raise ConfigError(
+                "model.position_encoding='dapev2-kerple' mixes all heads in its score MLP and cannot be split "
+                f"over parallel.tensor_parallel={p.tensor_parallel}; use tensor_parallel=1"
+            )
+    if config.checkpoint.keep_last < 1:
+        raise ConfigError(f"checkpoint.keep_last must be at least 1, got {config.checkpoint.keep_last}")
     if m.vocab_size is not None and m.vocab_size <= 0:
         raise ConfigError(f"model.vocab_size must be positive, got {m.vocab_size}")
     if m.max_position_embeddings is not None and m.position_encoding == "learned" and m.max_position_embeddings < m.seq_length:

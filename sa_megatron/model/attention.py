@@ -14,7 +14,6 @@ import kernels
 from kernels.bias import position_bias
 from kernels.eager import attention_weights, statistics_dtype
 from sa_megatron.config.schema import ModelConfig
-from sa_megatron.errors import ConfigError
 from sa_megatron.model.init import InitMethods
 from sa_megatron.model.position import DapeScoreMLP, KerpleLogBias, RotaryEmbedding, alibi_slopes
 from sa_megatron.parallel import ColumnParallelLinear, RowParallelLinear, tensor_parallel_rank
@@ -23,11 +22,6 @@ from sa_megatron.parallel.layers import shard_size
 class SelfAttention(nn.Module):
     def __init__(self, config: ModelConfig, init: InitMethods):
         super().__init__()
-        if config.position_encoding == "dapev2-kerple" and config.attention_backend not in ("auto", "eager"):
-            raise ConfigError(
-                f"model.position_encoding='dapev2-kerple' needs the full N×N score matrix and runs on the eager "
-                f"attention path only; set model.attention_backend to 'auto' or 'eager' "
-                f"(got {config.attention_backend!r})")
         hidden, heads = config.hidden_size, config.num_attention_heads
         self.head_dim = hidden // heads
         self.local_heads = shard_size(heads, "model.num_attention_heads")

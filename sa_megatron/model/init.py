@@ -7,14 +7,15 @@ Two kinds of weight matrices, given `h = hidden_size`, `L = num_layers`:
 - output projections: the attention output projection and the MLP's last linear — the two matrices that write into
   the residual stream, so their scale sets how fast the residual grows with depth.
 
-| init_method  | input-side weights               | output projections          |
-|--------------|----------------------------------|-----------------------------|
-| "small_init" | N(0, sqrt(2 / (5h)))  small_init | N(0, 2 / (L·sqrt(h)))  wang |
-| "wang_init"  | N(0, sqrt(2 / (5h)))  small_init | N(0, 2 / (L·sqrt(h)))  wang |
-| "normal"     | N(0, init_std)                   | N(0, init_std)              |
+Each kind has its own config field, as in GPT-NeoX (`init_method` / `output_layer_init_method`):
 
-("small_init" and "wang_init" are GPT-NeoX's usual pairing, init_method=small_init with
-output_layer_init_method=wang_init, reached from either name.) Biases start at zero and norm weights at one (the
+| model.init_method | input-side weights     |   | model.output_init_method | output projections        |
+|-------------------|------------------------|---|--------------------------|---------------------------|
+| "small_init"      | N(0, sqrt(2 / (5h)))   |   | "wang_init"              | N(0, 2 / (L·sqrt(h)))     |
+| "normal"          | N(0, init_std)         |   | "scaled_normal"          | N(0, init_std / sqrt(2L)) |
+|                   |                        |   | "normal"                 | N(0, init_std)            |
+
+Biases start at zero and norm weights at one (the
 layers' own defaults); Kerple's p, a start at U(0, 2), U(0, 1).
 """
 import math
@@ -24,7 +25,6 @@ import torch
 from torch import nn
 
 from sa_megatron.config.schema import ModelConfig
-from sa_megatron.errors import ConfigError
 
 
 def small_init_std(hidden_size: int) -> float:
@@ -45,9 +45,10 @@ class InitMethods(NamedTuple):
 
 
 def init_methods(config: ModelConfig) -> InitMethods:
-    if config.init_method == "normal":
-        return InitMethods(normal_init(config.init_std), normal_init(config.init_std))
-    if config.init_method in ("small_init", "wang_init"):
-        return InitMethods(normal_init(small_init_std(config.hidden_size)),
-                           normal_init(wang_init_std(config.hidden_size, config.num_layers)))
-    raise ConfigError(f"model.init_method must be 'small_init', 'wang_init' or 'normal', got {config.init_method!r}")
+    input_std = {"small_init": small_init_std(config.hidden_size), "normal": config.init_std}
+    output_std = {
+        "wang_init": wang_init_std(config.hidden_size, config.num_layers),
+        "scaled_normal": config.init_std / math.sqrt(2.0 * config.num_layers),
+        "normal": config.init_std,
+    }
+    return InitMethods(normal_init(input_std[config.init_method]), normal_init(output_std[config.output_init_method]))

@@ -17,8 +17,6 @@ def check_run_config(config: Config, world_size: int) -> None:
             "`sa-megatron train` runs data parallelism (with ZeRO) only so far; set both to 1"
         )
     _check_precision(config)
-    if config.checkpoint.keep_last < 1:
-        raise ConfigError(f"checkpoint.keep_last must be at least 1, got {config.checkpoint.keep_last}")
     if config.checkpoint.save_dir:
         try:
             Path(config.checkpoint.save_dir).mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,6 @@ invalid option combinations."""
 import pytest
 import torch
 
-from sa_megatron.errors import ConfigError
 from sa_megatron.model import GPTModel, build_model, count_parameters, gpt_layers, language_model_loss
 from sa_megatron.model.stages import OutputStage
 from sa_megatron.model.position import KerpleLogBias, RotaryEmbedding
@@ -112,12 +111,6 @@ def test_activation_checkpointing_gives_the_same_loss_and_grads():
     torch.testing.assert_close(loss_ckpt, loss_plain, rtol=0, atol=0)
     for plain, ckpt in zip(grads_plain, grads_ckpt):
         torch.testing.assert_close(ckpt, plain, rtol=1e-6, atol=1e-7)
-
-
-@pytest.mark.parametrize("backend", ("chunked", "triton"))
-def test_dape_rejects_backends_without_the_score_matrix(backend):
-    with pytest.raises(ConfigError, match="dapev2-kerple.*eager.*attention_backend"):
-        build_model(tiny_config(position_encoding="dapev2-kerple", attention_backend=backend), VOCAB)
 
 
 def test_gpt_model_runs_any_layer_list():
