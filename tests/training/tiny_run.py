@@ -4,7 +4,7 @@ from pathlib import Path
 
 from sa_megatron.config import from_dict
 
-SHAKESPEARE = Path("/work/shared/data/tinyshakespeare/input.txt")
+SHAKESPEARE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 CORPUS_CHARS = 60_000  # ~1,000 documents of short dialogue: plenty of samples at seq_length 32
 
 
