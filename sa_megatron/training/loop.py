@@ -40,6 +40,12 @@ class TrainResult:
 
 
 def train(config: Config) -> TrainResult:
+    # Catch stop signals from the very start: Slurm may send one while DeepSpeed is still starting up.
+    with StopRequest() as stop:
+        return _train(config, stop)
+
+
+def _train(config: Config, stop: StopRequest) -> TrainResult:
     from sa_megatron.data import load_tokenizer
     from sa_megatron.model import build_model, flops_per_token
 
@@ -68,8 +74,7 @@ def train(config: Config) -> TrainResult:
         metrics.log_config(to_dict(config))
     run = _Run(config, engine, dp_rank, dp_size, metrics, identity)
     try:
-        with StopRequest() as stop:
-            run.loop(train_data, valid_data, result, stop)
+        run.loop(train_data, valid_data, result, stop)
     finally:
         if metrics is not None:
             metrics.close()
