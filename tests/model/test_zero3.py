@@ -48,6 +48,8 @@ def check_rank(rank, port):
         torch.testing.assert_close(torch.tensor(engine.module.attention_row_mass(tokens)),
                                    torch.tensor(reference.attention_row_mass(tokens)), rtol=1e-6, atol=1e-6)
     engine.step()
+    # Tear the group down before exit: gloo threads still alive at interpreter exit abort the process.
+    torch.distributed.destroy_process_group()
 
 
 @pytest.mark.distributed

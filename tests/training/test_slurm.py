@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sa_megatron.training.distributed import TORCHRUN_VARS
 from tests.training.launch import REPO
 from tests.training.tiny_run import tiny_config_dict
 
@@ -30,8 +31,10 @@ def cluster():
 
 
 def job_env() -> dict:
-    # Slurm exports the submitter's environment to the tasks: put this venv first on PATH.
-    return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1",
+    # Slurm exports the submitter's environment to the tasks: put this venv first on PATH, and drop the rank
+    # variables other tests in this pytest process may have set (the job must get its own from Slurm).
+    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARS}
+    return {**env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1",
             "PYTHONPATH": REPO}
 
 
@@ -77,7 +80,12 @@ def test_sbatch_trains_data_parallel_on_two_tasks(cluster, corpus, tmp_path):
 def test_slurm_sigusr1_saves_and_exits_zero(cluster, corpus, tmp_path):
     job_id, save_dir = submit(tmp_path, corpus, train_iters=100_000, wait=False)
     losses = save_dir / "losses.jsonl"
-    wait_for(lambda: losses.is_file() and len(losses.read_text().splitlines()) >= 2, 300, "training to start")
+
+    def training_started() -> bool:
+        assert job_state(job_id)[0] in ("PENDING", "RUNNING"), job_output(tmp_path, job_id)
+        return losses.is_file() and len(losses.read_text().splitlines()) >= 2
+
+    wait_for(training_started, 300, "training to start")
     # What `#SBATCH --signal=USR1@300` does before the time limit: signal every task of the job step.
     subprocess.run(["scancel", "--signal=USR1", job_id], check=True)
     wait_for(lambda: job_state(job_id)[0] not in ("PENDING", "RUNNING", "COMPLETING"), 300, "the job to end")
