@@ -90,15 +90,15 @@ class _Run:
         save_dir = config.checkpoint.save_dir
         self.loss_log = Path(save_dir) / "losses.jsonl" if save_dir and dist.get_rank() == 0 else None
         self.interval_losses, self.interval_start = [], time.perf_counter()
+        self.stage0_grad_norm = None
 
     def loop(self, train_data, valid_data, result: TrainResult, stop: StopRequest) -> None:
         t, ckpt = self.config.training, self.config.checkpoint
         saved_at = result.iteration
         for step in range(result.iteration + 1, t.train_iters + 1):
             log_now = step % self.config.logging.log_interval == 0
-            stats_now = log_now and self.config.logging.attention_stats
             batches = micro_batches(train_data, step - 1, self.config, self.dp_rank, self.dp_size)
-            loss, lr, attention_stats = self.train_step(batches, stats_now)
+            loss, lr, attention_stats = self.train_step(batches, log_now)
             result.iteration, result.consumed_samples = step, step * t.global_batch_size
             result.losses[step] = loss
             self.record_loss(step, loss, lr)
@@ -120,9 +120,10 @@ class _Run:
         if ckpt.save_dir and saved_at != result.iteration:
             self.save(result.iteration)
 
-    def train_step(self, batches, want_stats: bool) -> tuple[float, float, Optional[dict]]:
+    def train_step(self, batches, log_now: bool) -> tuple[float, float, Optional[dict]]:
         """One optimizer step over this rank's micro-batches: (global-batch mean loss, lr used, attention stats)."""
         engine = self.engine
+        want_stats = log_now and self.config.logging.attention_stats
         stats = {"row_mass": self.row_mass(batches[0])} if want_stats else None
         lr = engine.get_lr()[0]
         losses = []
@@ -130,15 +131,24 @@ class _Run:
             tokens = tokens.to(engine.device)
             loss = self.loss(tokens)
             engine.backward(loss)
-            if stats is not None and engine.is_gradient_accumulation_boundary():
-                from deepspeed.utils import safe_get_full_grad
-
+            if log_now and engine.is_gradient_accumulation_boundary():
                 # After the gradients are reduced and before the step consumes them.
-                stats["qk_grad_norm"] = engine.module.qk_grad_norms(safe_get_full_grad)
+                self.record_gradient_stats(stats)
             engine.step()
             losses.append(loss.item())
         # Every micro-batch has the same token count, so the mean of means is the global-batch token mean.
         return all_reduce_mean(statistics.fmean(losses)), lr, stats
+
+    def record_gradient_stats(self, stats: Optional[dict]) -> None:
+        from deepspeed.utils import safe_get_full_grad
+
+        if stats is not None:
+            stats["qk_grad_norm"] = self.engine.module.qk_grad_norms(safe_get_full_grad)
+        if self.config.parallel.zero_stage == 0:
+            # DeepSpeed reports the global norm only from its ZeRO/mixed-precision optimizers; at stage 0 the
+            # gradients are whole and already averaged over ranks, so the norm is local arithmetic.
+            norms = [p.grad.norm() for p in self.engine.module.parameters() if p.grad is not None]
+            self.stage0_grad_norm = torch.linalg.vector_norm(torch.stack(norms)).item()
 
     def loss(self, tokens: torch.Tensor) -> torch.Tensor:
         from sa_megatron.model import language_model_loss
@@ -185,8 +195,9 @@ class _Run:
         self.interval_losses, self.interval_start = [], now
 
     def grad_norm(self) -> Optional[float]:
+        """Global gradient norm before clipping, of the last step."""
         norm = self.engine.get_global_grad_norm()  # a float or a 0-d tensor, depending on the ZeRO stage
-        return None if norm is None else float(norm)
+        return self.stage0_grad_norm if norm is None else float(norm)
 
     def loss_scale(self) -> Optional[float]:
         if self.config.training.precision != "fp16":
