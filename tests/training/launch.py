@@ -14,14 +14,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def child_env(**extra: str) -> dict:
+    """This process's environment for a fresh run: without the rank variables other tests set in this process, and
+    without TRITON_INTERPRET (switched on here by the Triton tests; real runs never have it). One thread (2 cores)."""
+    from sa_megatron.training.distributed import TORCHRUN_VARS
+
+    env = {k: v for k, v in os.environ.items() if k not in (*TORCHRUN_VARS, "TRITON_INTERPRET")}
+    return {**env, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO, **extra}
+
+
 def start_ranks(nproc: int, args: list[str], log_dir) -> list[subprocess.Popen]:
-    """`python <args>` once per rank, stdout+stderr to log_dir/rank_<r>.log; one thread per rank (2 cores)."""
+    """`python <args>` once per rank, stdout+stderr to log_dir/rank_<r>.log."""
     port = str(free_port())
     procs = []
     for rank in range(nproc):
-        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(nproc), "LOCAL_RANK": str(rank),
-               "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
-               "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
+        env = child_env(RANK=str(rank), WORLD_SIZE=str(nproc), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(nproc),
+                        MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
         log = open(os.path.join(log_dir, f"rank_{rank}.log"), "w")
         procs.append(subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=log,
                                       stderr=subprocess.STDOUT))

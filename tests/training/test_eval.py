@@ -2,7 +2,6 @@
 
 import json
 import math
-import os
 import subprocess
 import sys
 
@@ -18,7 +17,7 @@ from sa_megatron.errors import UserInputError
 from sa_megatron.eval.generate import filter_logits, generate_tokens
 from sa_megatron.eval.perplexity import perplexity_at_length, perplexity_at_lengths, window_count
 from sa_megatron.model import build_model
-from sa_megatron.training.distributed import TORCHRUN_VARS
+from tests.training.launch import child_env
 from tests.training.tiny_run import make_corpus, tiny_config_dict
 
 VOCAB, PADDED_VOCAB = 100, 128
@@ -171,9 +170,7 @@ def trained_run(tmp_path_factory):
     save_dir = work / "checkpoints"
     config = tiny_config_dict(tokenizer, prefix, checkpoint={"save_dir": str(save_dir), "save_interval": 0})
     (work / "run.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
-    env = {name: value for name, value in os.environ.items() if name not in TORCHRUN_VARS}
-    env["OMP_NUM_THREADS"] = "1"
-    done = subprocess.run([sys.executable, "-m", "launcher.cli", "train", str(work / "run.yaml")], env=env,
+    done = subprocess.run([sys.executable, "-m", "launcher.cli", "train", str(work / "run.yaml")], env=child_env(),
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     return str(save_dir), prefix

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sa_megatron.training.distributed import TORCHRUN_VARS
-from tests.training.launch import REPO
+from tests.training.launch import REPO, child_env
 from tests.training.tiny_run import tiny_config_dict
 
 pytestmark = [
@@ -31,11 +30,8 @@ def cluster():
 
 
 def job_env() -> dict:
-    # Slurm exports the submitter's environment to the tasks: put this venv first on PATH, and drop the rank
-    # variables other tests in this pytest process may have set (the job must get its own from Slurm).
-    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARS}
-    return {**env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1",
-            "PYTHONPATH": REPO}
+    # Slurm exports the submitter's environment to the tasks: put this venv first on PATH.
+    return child_env(PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
 
 
 def submit(tmp_path, corpus, train_iters: int, wait: bool) -> tuple[str, Path]:

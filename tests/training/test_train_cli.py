@@ -1,7 +1,6 @@
 """`sa-megatron train` as users run it: real ranks, a SIGTERM mid-run, and one-line errors for bad input."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -10,8 +9,7 @@ import time
 import pytest
 import yaml
 
-from sa_megatron.training.distributed import TORCHRUN_VARS
-from tests.training.launch import REPO, read_log, run_ranks, start_ranks, wait_all
+from tests.training.launch import REPO, child_env, read_log, run_ranks, start_ranks, wait_all
 from tests.training.tiny_run import tiny_config_dict
 
 CLI = ["-m", "launcher.cli", "train"]
@@ -58,9 +56,8 @@ def test_sigterm_saves_exits_zero_and_resumes_bit_for_bit(corpus, tmp_path):
 
 
 def run_cli(*args, env_extra=None):
-    env = {name: value for name, value in os.environ.items() if name not in TORCHRUN_VARS}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=REPO, **(env_extra or {}))
-    return subprocess.run([sys.executable, *CLI, *args], cwd=REPO, env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, *CLI, *args], cwd=REPO, env=child_env(**(env_extra or {})),
+                          capture_output=True, text=True,
                           timeout=120)
 
 
