@@ -48,7 +48,9 @@ def main(argv=None) -> int:
     run("eval", "--load", str(checkpoints), "--data", str(valid_prefix),
         "--lengths", f"{length},{2 * length},{4 * length}", "--tensorboard-dir", str(tensorboard / "eval"))
     run("generate", "--load", str(checkpoints), "--prompt", "ROMEO:", "--max-new-tokens", "80", "--seed", "0")
-    print(f"\nDone. Watch the run with:\n  tensorboard --logdir {tensorboard.relative_to(REPO)}")
+    tensorboard_cli = Path(sys.executable).parent / "tensorboard"
+    print(f"\nDone. Open the TensorBoard logs with:\n  {tensorboard_cli} --logdir {tensorboard}\n"
+          "and browse to http://localhost:6006")
     return 0
 
 
