@@ -18,7 +18,7 @@ Both tile kernels recompute s = exp(x − LSE) and, with dp = dO·vᵀ:
 import triton
 import triton.language as tl
 
-from kernels.triton_common import KERPLE, SA, SOFTMAX, autotune, key_visible, score_tile
+from kernels.triton_common import KERPLE, SA, SOFTMAX, autotune, causal_key_end, key_visible, score_tile
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) tried on a GPU; the last of each is a small fallback (head_dim 256).
 DKDV_CONFIGS = [(64, 128, 8, 3), (32, 128, 4, 3), (64, 64, 4, 3), (32, 64, 4, 3), (16, 64, 4, 4), (16, 32, 4, 1)]
@@ -218,10 +218,7 @@ def sa_backward_dq_kernel(
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     grad_p = tl.zeros([BLOCK_M], tl.float32)
     grad_a = tl.zeros([BLOCK_M], tl.float32)
-    if CAUSAL:
-        hi = tl.minimum((pid_m + 1) * BLOCK_M + N_K - N_Q, N_K)
-    else:
-        hi = N_K
+    hi = causal_key_end(pid_m, N_Q, N_K, BLOCK_M, CAUSAL)
     for start_n in range(0, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         n_ok = offs_n < N_K

@@ -64,6 +64,14 @@ def score_tile(q, k_t, q_pos, k_pos, scale, slope, kerple_p, kerple_a,
 
 
 @triton.jit
+def causal_key_end(pid_m, N_Q, N_K, BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr):
+    """One past the last key the query block ``pid_m`` can see: later key tiles lie above the causal diagonal."""
+    if CAUSAL:
+        return tl.minimum((pid_m + 1) * BLOCK_M + N_K - N_Q, N_K)
+    return N_K
+
+
+@triton.jit
 def key_visible(q_pos, k_pos, n_k, CAUSAL: tl.constexpr):
     """Mask broadcastable to (M, N): key exists (``j < n_k``) and, when causal, ``j <= i`` (absolute positions)."""
     visible = k_pos[None, :] < n_k

@@ -19,7 +19,7 @@ copy of O are saved in fp32 for the backward's row sums D = rowsum(dO ∘ O) and
 import triton
 import triton.language as tl
 
-from kernels.triton_common import SA, SOFTMAX, autotune, key_visible, score_tile
+from kernels.triton_common import SA, SOFTMAX, autotune, causal_key_end, key_visible, score_tile
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) tried on a GPU. The last, small one keeps head_dim 256 in fp32
 # within shared memory when every larger tile is out of resources (the autotuner skips those).
@@ -78,10 +78,7 @@ def sa_forward_kernel(
     argmin_i = tl.zeros([BLOCK_M], tl.int32)
 
     # Causal: key tiles entirely above the diagonal of this query block are skipped.
-    if CAUSAL:
-        hi = tl.minimum((pid_m + 1) * BLOCK_M + N_K - N_Q, N_K)
-    else:
-        hi = N_K
+    hi = causal_key_end(pid_m, N_Q, N_K, BLOCK_M, CAUSAL)
     for start_n in range(0, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         n_ok = offs_n < N_K
