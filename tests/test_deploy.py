@@ -22,10 +22,13 @@ def test_dockerfile_passes_hadolint():
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose is not installed (apt-get install docker-compose)")
-def test_compose_file_is_valid_and_wires_tensorboard():
-    result = run("docker-compose", "config", cwd=REPO / "docker")
-    assert result.returncode == 0, result.stderr
-    assert "tensorboard" in result.stdout and "6006" in result.stdout
+def test_compose_files_are_valid_and_wire_tensorboard():
+    cpu = run("docker-compose", "-f", "docker-compose.yml", "config", cwd=REPO / "docker")
+    assert cpu.returncode == 0, cpu.stderr
+    assert "tensorboard" in cpu.stdout and "6006" in cpu.stdout and "nvidia" not in cpu.stdout
+    gpu = run("docker-compose", "-f", "docker-compose.yml", "-f", "docker-compose.gpu.yml", "config", cwd=REPO / "docker")
+    assert gpu.returncode == 0, gpu.stderr
+    assert "driver: nvidia" in gpu.stdout
 
 
 def test_sbatch_script_parses_and_maps_slurm_ranks():
