@@ -2,7 +2,7 @@
 
 import contextlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 
@@ -10,21 +10,26 @@ from pathlib import Path
 def atomic_paths(*targets):
     """Yield one temp path per target; on success rename each onto its target, on failure delete them all.
 
-    Temps live next to their targets so the final `os.replace` is a same-filesystem atomic rename.
+    Temps live next to their targets so the final `os.replace` is a same-filesystem atomic rename. They are
+    fresh names, not files made by `mkstemp`, so the caller creates them with the usual umask permissions
+    (mkstemp's 0600 would leave shared datasets and tokenizers unreadable to other users).
     """
     temps = []
     try:
         for target in map(Path, targets):
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-            os.close(fd)
-            temps.append(Path(temp))
+            temps.append(unique_temp_path(target))
         yield temps
         for temp, target in zip(temps, targets):
             os.replace(temp, target)
     finally:
         for temp in temps:
             temp.unlink(missing_ok=True)
+
+
+def unique_temp_path(target: Path) -> Path:
+    """A hidden name next to `target` that no other process or call picks."""
+    return target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
 
 
 def write_bytes_atomic(target, data: bytes) -> None:

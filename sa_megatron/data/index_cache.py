@@ -8,11 +8,11 @@ an entry built for more epochs serves any request for fewer.
 import hashlib
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from sa_megatron.data.atomic import unique_temp_path
 from sa_megatron.errors import DataError
 
 ARRAYS = ("document_index", "sample_index", "shuffle_index")
@@ -39,9 +39,10 @@ def load_cached(cache_dir: Path, name: str, key: str, num_epochs: int):
 
 
 def store(cache_dir: Path, name: str, key: str, num_epochs: int, arrays: dict, description: dict) -> None:
+    entry = cache_dir / f"{name}-{key}-{num_epochs}epochs"
+    temp = unique_temp_path(entry)
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        temp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=f".{name}-{key}."))
+        temp.mkdir(parents=True)  # umask permissions, unlike mkdtemp's 0700, so other users can read the cache
     except OSError as err:
         raise DataError(f"{cache_dir}: cannot write the index cache ({err.strerror}); set data.cache_dir") from None
     try:
@@ -49,7 +50,7 @@ def store(cache_dir: Path, name: str, key: str, num_epochs: int, arrays: dict, d
             np.save(temp / f"{array}.npy", arrays[array])
         (temp / "description.json").write_text(json.dumps(description, indent=1) + "\n")
         try:
-            temp.rename(cache_dir / f"{name}-{key}-{num_epochs}epochs")
+            temp.rename(entry)
         except OSError:
             pass  # another process stored the same entry first; both are identical
     finally:
