@@ -20,7 +20,7 @@ def samples_per_epoch(num_tokens: int, seq_length: int) -> int:
 
 def build_document_index(document_ids: np.ndarray, num_epochs: int, seed: int) -> np.ndarray:
     """Every document once per epoch, each epoch in its own seeded order."""
-    dtype = np.int32 if len(document_ids) < np.iinfo(np.int32).max else np.int64
+    dtype = np.int32 if document_ids.max(initial=0) <= np.iinfo(np.int32).max else np.int64  # ids, not count
     epochs = [np.random.default_rng([seed, epoch, DOCUMENT_ORDER_STREAM]).permutation(document_ids).astype(dtype)
               for epoch in range(num_epochs)]
     return np.concatenate(epochs)
