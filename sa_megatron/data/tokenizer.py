@@ -78,9 +78,6 @@ class Tokenizer:
     def decode(self, ids) -> str:
         return self._sp.decode([int(i) for i in ids])
 
-    def id_to_piece(self, token_id: int) -> str:
-        return self._sp.id_to_piece(int(token_id))
-
 
 def load_tokenizer(path) -> Tokenizer:
     path = Path(path)
