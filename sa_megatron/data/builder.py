@@ -77,6 +77,9 @@ def build_gpt_datasets(prefixes, weights, split, seq_length: int, seed: int, num
             continue
         blend_weights = weights if weights is not None else [
             int(d.sizes[r.start:r.stop].sum(dtype=np.int64)) for d, r in zip(datasets, documents)]
+        if sum(blend_weights) == 0:
+            raise DataError(f"the {name} split has no tokens in any of {', '.join(prefixes)}; "
+                            "use more data or a larger split share")
         dataset_index, dataset_sample_index = build_blending_index(blend_weights, wanted)
         counts = np.bincount(dataset_index, minlength=len(datasets))
         parts = [GPTDataset(d, r, name, seq_length, seed, int(c), cache_dir) if c else None

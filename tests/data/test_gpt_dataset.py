@@ -115,6 +115,12 @@ def test_seq_length_longer_than_split(make_dataset):
         build_gpt_datasets(prefix, None, "99,1,0", SEQ, 1, (10, 10, 0))
 
 
+def test_blend_with_an_empty_split_everywhere(make_dataset):
+    prefixes = [make_dataset([[1] * 50] * 3, name=name) for name in ("a", "b")]
+    with pytest.raises(DataError, match=r"the valid split has no tokens in any of .*a, .*b;"):
+        build_gpt_datasets(prefixes, None, "99,1,0", 8, 1, (4, 4, 0))
+
+
 def test_vocab_mismatch(make_dataset, bpe_model, tmp_path):
     from sa_megatron.data.preprocess import preprocess
 
