@@ -2,9 +2,9 @@
 
 Tokenization: `preprocess` of the Gutenberg books (blank-line documents) with 1, 2 and N workers; MB/s is
 input bytes over wall time, process start-up included; CPU s (this process plus its workers) shows how
-much of the wall time was spent computing, which matters on a shared machine. Index building: a synthetic size table (lognormal
-document lengths, ~1B tokens by default) written as a real .idx with a sparse .bin, then GPTDataset's
-document/sample/shuffle indices built cold (and cached) and loaded warm, plus a blending index.
+much of the wall time was spent computing, which matters on a shared machine. Index building: a synthetic
+size table (lognormal document lengths, ~1B tokens by default) written as a real .idx with a sparse .bin, then
+GPTDataset's document/sample/shuffle indices built cold (and cached) and loaded warm, plus a blending index.
 
     python -m benchmarks.data_pipeline                     # from the repository root
     python -m benchmarks.data_pipeline --tokens 1e8 --workers 1 2
@@ -22,7 +22,7 @@ from sa_megatron.data import build_gpt_datasets, default_corpus_dir
 from sa_megatron.data.corpus import CorpusReader
 from sa_megatron.data.indexed_dataset import write_index
 from sa_megatron.data.preprocess import preprocess
-from sa_megatron.data.sample_index import build_blending_index
+from sa_megatron.data.sample_index import build_blending_index, samples_per_epoch
 from sa_megatron.data.tokenizer import train_tokenizer
 
 
@@ -76,7 +76,7 @@ def index_table(work_dir, tokens, documents, seq_length, blend_samples):
     prefix = work_dir / "synthetic"
     sizes = synthetic_dataset(prefix, tokens, documents)
     total = int(sizes.sum(dtype=np.int64))
-    samples = (total - 1) // seq_length
+    samples = samples_per_epoch(total, seq_length)
     print(f"\nIndex building: {len(sizes):,} documents, {total:,} tokens, seq_length {seq_length}")
     print(f"{'case':<58} {'seconds':>8}")
     for label, epochs in (("1 epoch", 1), ("3 epochs", 3)):
