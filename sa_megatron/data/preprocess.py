@@ -17,9 +17,11 @@ from sa_megatron.data.atomic import atomic_paths
 from sa_megatron.data.corpus import CorpusReader
 from sa_megatron.data.indexed_dataset import token_dtype, write_index
 from sa_megatron.data.tokenizer import load_tokenizer
+from sa_megatron.errors import DataError
 
 CHUNK_CHARS = 1 << 18
 CHUNKS_IN_FLIGHT_PER_WORKER = 2
+SIDECAR_KEYS = ("vocab_size", "tokenizer_sha256")  # what readers of the sidecar rely on
 
 _worker_tokenizer = None
 
@@ -114,4 +116,13 @@ def preprocess(inputs, tokenizer_path, output_prefix, workers: int = 1, doc_boun
 def read_sidecar(prefix):
     """PREFIX.json written by preprocess, or None for datasets made by other tools."""
     path = Path(f"{prefix}.json")
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        sidecar = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: not a preprocess sidecar ({err}); delete it or preprocess again") from None
+    missing = [key for key in SIDECAR_KEYS if key not in sidecar] if isinstance(sidecar, dict) else SIDECAR_KEYS
+    if missing:
+        raise DataError(f"{path}: not a preprocess sidecar (no {', '.join(missing)}); delete it or preprocess again")
+    return sidecar

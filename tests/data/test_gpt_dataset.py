@@ -131,6 +131,10 @@ def test_vocab_mismatch(make_dataset, bpe_model, tmp_path):
     build_gpt_datasets([str(prefix)], None, "1", 8, 1, (4, 0, 0), vocab_size=1000)
     with pytest.raises(DataError, match=f"{prefix}.json: the data was tokenized with a vocabulary of 1000 ids"):
         build_gpt_datasets([str(prefix)], None, "1", 8, 1, (4, 0, 0), vocab_size=512)
+    sidecar = Path(f"{prefix}.json")
+    sidecar.write_text("{truncated")
+    with pytest.raises(DataError, match=f"{sidecar}: not a preprocess sidecar"):
+        build_gpt_datasets([str(prefix)], None, "1", 8, 1, (4, 0, 0), vocab_size=1000)
     no_sidecar = make_dataset([[1, 2, 600]] * 20)
     with pytest.raises(DataError, match="synthetic.bin: the data was tokenized with a vocabulary of 601 ids"):
         build_gpt_datasets([no_sidecar], None, "1", 8, 1, (4, 0, 0), vocab_size=512)
