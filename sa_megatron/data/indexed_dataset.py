@@ -61,7 +61,7 @@ class IndexedDataset:
             raise DataError(f"{idx_path}: truncated .idx ({len(data)} bytes, shorter than the {HEADER.size}-byte header)")
         magic, version, code, count, doc_count = HEADER.unpack(bytes(data[: HEADER.size]))
         if magic != MAGIC or version != VERSION or code not in DTYPE_CODES:
-            raise DataError(f"{idx_path}: not a Megatron mmap index (expected magic {MAGIC!r}, version 1, a known dtype)")
+            raise DataError(f"{idx_path}: not a Megatron mmap index (expected magic {MAGIC!r}, version {VERSION}, a known dtype)")
         expected = HEADER.size + count * (4 + 8) + doc_count * 8
         if len(data) < expected:
             raise DataError(f"{idx_path}: truncated .idx ({len(data)} bytes, the header promises {expected})")
