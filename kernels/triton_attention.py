@@ -196,5 +196,7 @@ def triton_attention(q, k, v, *, variant="sa", causal=True, scale=None, alibi_sl
     _check_inputs(q, k, v, variant, causal, alibi_slopes, kerple)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     kerple_p, kerple_a = kerple if kerple is not None else (None, None)
-    return _TritonSAAttention.apply(q, k, v, kerple_p, kerple_a, alibi_slopes, variant, bool(causal), scale,
-                                    float(eps))
+    # ALiBi slopes are constants (kernels/bias.py): detached, a slope that requires grad does not make ``out`` require
+    # grad (as in eager / chunked), so no backward runs over buffers the forward never filled.
+    slopes = None if alibi_slopes is None else alibi_slopes.detach()
+    return _TritonSAAttention.apply(q, k, v, kerple_p, kerple_a, slopes, variant, bool(causal), scale, float(eps))

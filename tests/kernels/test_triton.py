@@ -193,6 +193,14 @@ def test_forward_without_grad_matches_training_forward(variant):
     assert torch.equal(inference, training.detach())
 
 
+def test_alibi_slopes_are_constants():
+    # As in eager / chunked: a slope that requires grad gets none and alone does not make out differentiable.
+    inputs = inputs_on_device(n_q=8, head_dim=16, bias="alibi")
+    slopes = inputs["alibi_slopes"].clone().requires_grad_()
+    out = triton_attention(inputs["q"], inputs["k"], inputs["v"], alibi_slopes=slopes)
+    assert not out.requires_grad
+
+
 def test_backward_is_deterministic():
     inputs = inputs_on_device(n_q=50, head_dim=16, bias="kerple")
     first = outputs_and_grads(triton_attention, inputs, variant="sa", causal=True)
