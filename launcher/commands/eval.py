@@ -34,7 +34,7 @@ def run_eval(args) -> None:
     from sa_megatron.eval.perplexity import load_token_stream, perplexity_at_lengths
     from sa_megatron.training.checkpoint import load_for_inference
 
-    model, config, _ = load_for_inference(args.load)
+    model, config = load_for_inference(args.load)
     needed = None if args.max_windows is None else args.max_windows * max(args.lengths) + 1
     stream = load_token_stream(args.data, max_tokens=needed)
     results = perplexity_at_lengths(model, config.model, stream, args.lengths, score_last=args.score_last,

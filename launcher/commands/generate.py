@@ -19,9 +19,9 @@ def run_generate(args) -> None:
     from sa_megatron.eval.generate import generate
     from sa_megatron.training.checkpoint import load_for_inference
 
-    model, config, tokenizer_path = load_for_inference(args.load)
+    model, config = load_for_inference(args.load)
     completion = generate(
-        model, load_tokenizer(tokenizer_path), args.prompt, max_new_tokens=args.max_new_tokens,
+        model, load_tokenizer(config.tokenizer.model), args.prompt, max_new_tokens=args.max_new_tokens,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
         context_limit=max_context(config.model),
     )

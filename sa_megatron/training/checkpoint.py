@@ -122,7 +122,7 @@ def _warn_skip(checkpoint: Path, reason: str) -> None:
 
 
 def load_for_inference(load_dir):
-    """(model in eval mode with fp32 weights on CPU, its Config, tokenizer path) from a step_N dir or a save_dir."""
+    """(model in eval mode with fp32 weights on CPU, its Config) from a step_N dir or a save_dir."""
     from sa_megatron.model import build_model
 
     checkpoint = _inference_checkpoint(Path(load_dir))
@@ -133,7 +133,7 @@ def load_for_inference(load_dir):
     model = build_model(config.model, metadata["model_shape"]["padded_vocab_size"])
     state = _fp32_state_dict(checkpoint, metadata["parallel_layout"]["zero_stage"])
     model.load_state_dict(state)
-    return model.float().eval(), config, config.tokenizer.model
+    return model.float().eval(), config
 
 
 def _inference_checkpoint(load_dir: Path) -> Path:

@@ -123,10 +123,10 @@ def test_stop_signal_saves_and_stops_after_the_current_step(corpus, tmp_path):
 
 
 def test_load_for_inference(saved, corpus):
-    model, config, tokenizer_path = load_for_inference(saved)
-    assert tokenizer_path == str(corpus[0]) and config.model.hidden_size == 64
+    model, config = load_for_inference(saved)
+    assert config.tokenizer.model == str(corpus[0]) and config.model.hidden_size == 64
     assert not model.training and all(p.dtype == torch.float32 for p in model.parameters())
-    step_2, _, _ = load_for_inference(saved / "step_2")
+    step_2, _ = load_for_inference(saved / "step_2")
     assert any((a != b).any() for a, b in zip(model.parameters(), step_2.parameters()))
 
 
