@@ -22,7 +22,7 @@ def sample_counts(config: Config) -> tuple[int, int, int]:
     return train, valid, 0
 
 
-def build_datasets(config: Config, vocab_size: int):
+def build_datasets(config: Config):
     """(train, valid) datasets; rank 0 builds the index caches first so the other ranks only read them."""
     from sa_megatron.data import build_gpt_datasets
 
@@ -33,7 +33,7 @@ def build_datasets(config: Config, vocab_size: int):
         return build_gpt_datasets(
             config.data.paths, config.data.weights, config.data.split, config.model.seq_length,
             config.training.seed, num_samples=sample_counts(config), cache_dir=config.data.cache_dir,
-            vocab_size=vocab_size,
+            vocab_size=config.model.vocab_size,
         )
 
     failure = None
