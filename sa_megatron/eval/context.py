@@ -7,7 +7,7 @@ from sa_megatron.errors import UserInputError
 
 
 def max_context(model_config: ModelConfig) -> Optional[int]:
-    """Rows of the learned position table; None for encodings that extrapolate (rope, alibi, kerple, none)."""
+    """Rows of the learned position table; None for every other encoding: those have no length limit."""
     if model_config.position_encoding == "learned":
         return model_config.max_position_embeddings or model_config.seq_length
     return None
