@@ -1,8 +1,9 @@
 """The one place that turns training numbers into TensorBoard scalars and console lines (rank 0 only).
 
-Throughput follows DESIGN §7: `flops_per_token` is the model's training cost per token (forward + backward),
-so TFLOP/s per device = flops_per_token × tokens / elapsed / num_devices / 1e12, and MFU divides that by
-`logging.peak_tflops_per_device` — a number the user supplies, never a hard-coded GPU peak.
+Throughput: `flops_per_token` is the model's training cost per token (forward + backward; the PaLM / Megatron
+count of `model.accounting.flops_per_token`), so TFLOP/s per device = flops_per_token × tokens / elapsed /
+num_devices / 1e12, and MFU divides that by `logging.peak_tflops_per_device` — a number the user supplies, never a
+hard-coded GPU peak (DESIGN §7).
 """
 
 import math
