@@ -25,7 +25,7 @@ def sa_attention(q, k, v, *, variant="sa", causal=True, scale=None, alibi_slopes
     (materializes N x N; the reference), "auto" (triton for CUDA fp16/bf16/fp32, else eager when
     ``n_q * n_k <= 256 * 256``, else chunked).
     """
-    _check_inputs(q, k, v, variant, scale, alibi_slopes, kerple, eps, backend)
+    check_inputs(q, k, v, variant, scale, alibi_slopes, kerple, eps, backend)
     options = dict(variant=variant, causal=causal, scale=scale, alibi_slopes=alibi_slopes, kerple=kerple, eps=eps)
     backend = _resolve_backend(backend, q, k)
     if backend == "triton":
@@ -54,7 +54,8 @@ def _triton():
     return triton_attention
 
 
-def _check_inputs(q, k, v, variant, scale, alibi_slopes, kerple, eps, backend):
+def check_inputs(q, k, v, variant, scale, alibi_slopes, kerple, eps, backend):
+    """ValueError naming the argument for anything every backend rejects (backend-specific limits: the backend)."""
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     if backend not in BACKENDS:

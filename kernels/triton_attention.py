@@ -14,6 +14,8 @@ import torch
 import triton
 from torch.autograd.function import once_differentiable
 
+from kernels.api import check_inputs
+from kernels.eager import check_causal_lengths
 from kernels.triton_backward import (PREPROCESS_BLOCK_M, sa_backward_dkdv_kernel, sa_backward_dq_kernel,
                                      sa_backward_preprocess_kernel)
 from kernels.triton_common import INTERPRET, VARIANT_CODES
@@ -153,47 +155,22 @@ class _TritonSAAttention(torch.autograd.Function):
         return dq, dk, dv, grad_p, grad_a, None, None, None, None, None
 
 
-def _check_inputs(q, k, v, variant, causal, alibi_slopes, kerple):
-    if variant not in VARIANT_CODES:
-        raise ValueError(f"variant must be one of {tuple(VARIANT_CODES)}, got {variant!r}")
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if t.dim() != 4:
-            raise ValueError(f"{name} must be (batch, heads, seq, head_dim), got shape {tuple(t.shape)}")
-        if t.dtype not in SUPPORTED_DTYPES:
-            raise ValueError(f"triton attention supports {SUPPORTED_DTYPES}, got {name}.dtype={t.dtype}")
-    if not (q.dtype == k.dtype == v.dtype):
-        raise ValueError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if not (q.device == k.device == v.device):
-        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+def _check_inputs(q, k, v, variant, causal, scale, alibi_slopes, kerple, eps):
+    check_inputs(q, k, v, variant, scale, alibi_slopes, kerple, eps, backend="triton")
+    if q.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"triton attention supports {SUPPORTED_DTYPES}, got q.dtype={q.dtype}")
     if q.device.type != "cuda" and not (INTERPRET and q.device.type == "cpu"):
         raise ValueError(f"triton attention needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1 set before "
                          f"importing triton), got device {q.device}")
-    batch, heads, n_q, head_dim = q.shape
-    if k.shape != v.shape or k.shape[0] != batch or k.shape[3] != head_dim:
-        raise ValueError(f"k and v must be (batch={batch}, kv_heads, n_k, head_dim={head_dim}) and equal, "
-                         f"got k {tuple(k.shape)}, v {tuple(v.shape)}")
-    if k.shape[1] == 0 or heads % k.shape[1] != 0:
-        raise ValueError(f"query heads ({heads}) must be a multiple of K/V heads ({k.shape[1]})")
-    if head_dim > MAX_HEAD_DIM or head_dim == 0:
-        raise ValueError(f"triton attention supports head_dim in 1..{MAX_HEAD_DIM}, got {head_dim}")
-    n_k = k.shape[2]
-    if n_q == 0 or n_k == 0:
-        raise ValueError(f"sequence lengths must be positive, got n_q={n_q}, n_k={n_k}")
-    if causal and n_q > n_k:
-        raise ValueError(f"causal attention needs n_q <= n_k (queries align to the end of the keys); "
-                         f"got n_q={n_q}, n_k={n_k}")
-    if alibi_slopes is not None and kerple is not None:
-        raise ValueError("pass at most one of alibi_slopes and kerple")
-    if alibi_slopes is not None and tuple(alibi_slopes.shape) != (heads,):
-        raise ValueError(f"alibi_slopes must have shape ({heads},), got {tuple(alibi_slopes.shape)}")
-    if kerple is not None:
-        if len(kerple) != 2 or any(tuple(t.shape) != (heads,) for t in kerple):
-            raise ValueError(f"kerple must be a pair (p, a) of ({heads},) tensors")
+    if q.shape[-1] > MAX_HEAD_DIM:
+        raise ValueError(f"triton attention supports head_dim in 1..{MAX_HEAD_DIM}, got {q.shape[-1]}")
+    if causal:
+        check_causal_lengths(q.shape[2], k.shape[2])
 
 
 def triton_attention(q, k, v, *, variant="sa", causal=True, scale=None, alibi_slopes=None, kerple=None, eps=1e-6):
     """Fused SA-Softmax / softmax attention; see the module docstring. Returns ``out`` shaped and typed like q."""
-    _check_inputs(q, k, v, variant, causal, alibi_slopes, kerple)
+    _check_inputs(q, k, v, variant, causal, scale, alibi_slopes, kerple, eps)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     kerple_p, kerple_a = kerple if kerple is not None else (None, None)
     # ALiBi slopes are constants (kernels/bias.py): detached, a slope that requires grad does not make ``out`` require

@@ -216,9 +216,9 @@ def test_rejects_bad_inputs():
     q, k, v = inputs["q"], inputs["k"], inputs["v"]
     with pytest.raises(ValueError, match="variant"):
         triton_attention(q, k, v, variant="relu")
-    with pytest.raises(ValueError, match="multiple of K/V heads"):
+    with pytest.raises(ValueError, match="must divide the query heads"):
         triton_attention(q, k[:, :1].expand(1, 3, 8, 16), v[:, :1].expand(1, 3, 8, 16))
-    with pytest.raises(ValueError, match="share a dtype"):
+    with pytest.raises(ValueError, match="must share one dtype"):
         triton_attention(q, k.half(), v)
     with pytest.raises(ValueError, match="n_q <= n_k"):
         triton_attention(q, k[:, :, :4], v[:, :, :4], causal=True)
