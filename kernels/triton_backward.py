@@ -177,7 +177,7 @@ def sa_backward_dkdv_kernel(
 @autotune(DQ_CONFIGS, key=["N_Q", "N_K", "HEAD_DIM", "VARIANT", "CAUSAL", "BIAS"])
 @triton.jit
 def sa_backward_dq_kernel(
-    Q, K, V, DOut, DQ,                  # DQ contiguous like Q
+    Q, K, V, DOut, DQ,                  # DQ: (B, H, N_Q, D), its own strides (stride_g*)
     Lse, RowA, RowDelta, ArgMin, ArgMax, RowD, RowGa, RowGb,
     BiasParams, RowGradP, RowGradA,      # Kerple: per-row Σ_j dS·∂bias/∂p and Σ_j dS·∂bias/∂a, (B·H, N_Q) fp32
     stride_qb, stride_qh, stride_qn,

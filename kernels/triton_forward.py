@@ -34,7 +34,7 @@ NO_INDEX = tl.constexpr(2**31 - 1)
 @triton.jit
 def sa_forward_kernel(
     Q, K, V,                           # (B, H, N, D) inputs
-    Out, OutF32, OutStd,               # contiguous (B, H, N_Q, D): O in q's dtype; fp32 O and O_std for backward
+    Out, OutF32, OutStd,               # (B, H, N_Q, D), one layout (stride_o*): O in q's dtype; fp32 O, O_std
     Lse, RowA, RowDelta, ArgMin, ArgMax,  # (B·H, N_Q) row statistics
     BiasParams,                        # (3, H) fp32: ALiBi slope, Kerple p, Kerple a
     stride_qb, stride_qh, stride_qn,
