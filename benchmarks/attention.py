@@ -43,8 +43,8 @@ def parse_args():
     return parser.parse_args()
 
 
-def eager_estimate_gib(batch, heads, n, bytes_per_score=4):
-    return EAGER_SCORE_COPIES * batch * heads * n * n * bytes_per_score / 2**30
+def eager_estimate_gib(batch, heads, n):
+    return EAGER_SCORE_COPIES * batch * heads * n * n * 4 / 2**30  # fp32 scores for every input dtype
 
 
 # ---------------------------------------------------------------- CPU
