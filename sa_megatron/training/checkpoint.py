@@ -41,6 +41,10 @@ def run_identity(config: Config, padded_vocab_size: int, data_parallel: int, tok
         "model_shape": model_shape,
         "parallel_layout": {"tensor_parallel": p.tensor_parallel, "pipeline_parallel": p.pipeline_parallel,
                             "data_parallel": data_parallel, "zero_stage": p.zero_stage},
+        # Sample order is a function of these: changing one on resume would silently change the next batches.
+        "data_order": {"seed": config.training.seed, "global_batch_size": config.training.global_batch_size,
+                       "seq_length": config.model.seq_length, "paths": list(config.data.paths),
+                       "weights": config.data.weights, "split": config.data.split},
         "tokenizer_sha256": tokenizer_sha256,
         "code_version": sa_megatron.__version__,
         "git_commit": _git_commit(),
@@ -89,7 +93,7 @@ def resume_latest(engine, save_dir, identity: dict) -> Optional[dict]:
 def check_compatible(metadata: dict, identity: dict, checkpoint: Path) -> None:
     differences = [
         f"{key} {saved!r} (checkpoint) vs {identity[section][key]!r} (this run)"
-        for section in ("model_shape", "parallel_layout")
+        for section in ("model_shape", "parallel_layout", "data_order")
         for key, saved in metadata.get(section, {}).items()
         if identity[section].get(key) != saved
     ]

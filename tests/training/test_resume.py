@@ -106,6 +106,11 @@ def test_parallel_layout_mismatch_is_an_error(save_dir, corpus):
         run(corpus, 6, save_dir, parallel={"zero_stage": 1})
 
 
+def test_data_order_mismatch_is_an_error(save_dir, corpus):
+    with pytest.raises(CheckpointError, match=r"split '90,10,0' \(checkpoint\) vs '80,20,0' \(this run\)"):
+        run(corpus, 6, save_dir, data={"split": "80,20,0"})
+
+
 def test_stop_signal_saves_and_stops_after_the_current_step(corpus, tmp_path):
     save_dir = tmp_path / "run"
     losses = save_dir / "losses.jsonl"
