@@ -70,7 +70,7 @@ def _train(config: Config, stop: StopRequest) -> TrainResult:
         from sa_megatron.training.metrics import MetricsLogger
 
         metrics = MetricsLogger(config, flops_per_token(config.model, padded_vocab), dist.get_world_size(),
-                                config.training.train_iters, start_iter=start)
+                                start_iter=start)
         metrics.log_config(to_dict(config))
     run = _Run(config, engine, dp_rank, dp_size, metrics, identity)
     try:

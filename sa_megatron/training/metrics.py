@@ -61,11 +61,10 @@ class MetricsLogger:
     starts from, so the ETA uses only steps this process actually timed.
     """
 
-    def __init__(self, config: Config, flops_per_token: float, num_devices: int, total_iters: int,
-                 *, start_iter: int = 0):
+    def __init__(self, config: Config, flops_per_token: float, num_devices: int, *, start_iter: int = 0):
         self.flops_per_token = flops_per_token
         self.num_devices = num_devices
-        self.total_iters = total_iters
+        self.total_iters = config.training.train_iters
         self.peak_tflops = config.logging.peak_tflops_per_device
         self.logs_loss_scale = config.training.precision == "fp16"
         self._last_step = start_iter

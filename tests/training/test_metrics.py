@@ -14,8 +14,9 @@ MEMORY_TAG = "memory/peak_gpu_allocated_gb" if torch.cuda.is_available() else "m
 STATS = {"row_mass": [0.9, 1.3], "qk_grad_norm": [(0.1, 0.2), (0.3, 0.4)]}
 
 
-def make_config(tmp_path, *, precision="fp32", peak=0.0, tensorboard=True) -> Config:
+def make_config(tmp_path, *, precision="fp32", peak=0.0, tensorboard=True, train_iters=100) -> Config:
     config = Config()
+    config.training.train_iters = train_iters
     config.training.precision = precision
     config.logging.peak_tflops_per_device = peak
     config.logging.tensorboard_dir = str(tmp_path / "tb") if tensorboard else None
@@ -35,7 +36,7 @@ def scalars(events: EventAccumulator) -> dict:
 
 def test_train_scalars_and_values(tmp_path):
     logger = MetricsLogger(make_config(tmp_path, precision="fp16", peak=50.0), flops_per_token=6e6,
-                           num_devices=2, total_iters=100)
+                           num_devices=2)
     logger.log_train(10, loss=4.5, lr=3e-4, grad_norm=1.25, loss_scale=65536.0, tokens=20_000, elapsed_s=4.0,
                      attention_stats=STATS)
     logger.close()
@@ -57,7 +58,7 @@ def test_train_scalars_and_values(tmp_path):
 
 
 def test_mfu_needs_peak_and_loss_scale_needs_fp16(tmp_path):
-    logger = MetricsLogger(make_config(tmp_path), flops_per_token=1e6, num_devices=1, total_iters=10)
+    logger = MetricsLogger(make_config(tmp_path, train_iters=10), flops_per_token=1e6, num_devices=1)
     logger.log_train(1, loss=2.0, lr=1e-3, grad_norm=0.5, loss_scale=1.0, tokens=100, elapsed_s=1.0)
     logger.close()
 
@@ -68,7 +69,7 @@ def test_mfu_needs_peak_and_loss_scale_needs_fp16(tmp_path):
 
 
 def test_eval_and_config_text(tmp_path):
-    logger = MetricsLogger(make_config(tmp_path), flops_per_token=1e6, num_devices=1, total_iters=10)
+    logger = MetricsLogger(make_config(tmp_path, train_iters=10), flops_per_token=1e6, num_devices=1)
     logger.log_config({"model": {"hidden_size": 64}, "training": {"train_iters": 10}})
     logger.log_eval(5, 3.0)
     logger.close()
@@ -84,8 +85,8 @@ def test_eval_and_config_text(tmp_path):
 
 
 def test_console_lines_without_tensorboard(tmp_path, capsys):
-    logger = MetricsLogger(make_config(tmp_path, tensorboard=False), flops_per_token=1e6, num_devices=1,
-                           total_iters=200)
+    logger = MetricsLogger(make_config(tmp_path, tensorboard=False, train_iters=200), flops_per_token=1e6,
+                           num_devices=1)
     # 40 steps in 26.6 s -> 0.665 s/step -> 160 remaining steps take 106 s.
     logger.log_train(40, loss=4.12344, lr=3e-4, grad_norm=None, loss_scale=None, tokens=49_358, elapsed_s=26.6)
     logger.log_eval(40, 4.0)
@@ -98,8 +99,8 @@ def test_console_lines_without_tensorboard(tmp_path, capsys):
 
 
 def test_eta_uses_mean_step_time_of_timed_steps_only(tmp_path, capsys):
-    logger = MetricsLogger(make_config(tmp_path, tensorboard=False), flops_per_token=1.0, num_devices=1,
-                           total_iters=1100, start_iter=1000)
+    logger = MetricsLogger(make_config(tmp_path, tensorboard=False, train_iters=1100), flops_per_token=1.0,
+                           num_devices=1, start_iter=1000)
     logger.log_train(1010, loss=1.0, lr=1e-4, grad_norm=None, loss_scale=None, tokens=10, elapsed_s=10.0)
     logger.log_train(1020, loss=1.0, lr=1e-4, grad_norm=None, loss_scale=None, tokens=10, elapsed_s=30.0)
     lines = capsys.readouterr().out.splitlines()
