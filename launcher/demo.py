@@ -32,9 +32,10 @@ def main(argv=None) -> int:
 
     work = REPO / args.work_dir
     config = load_config([DEMO_CONFIG], args.overrides)
-    print(f"Preparing the corpus from {default_corpus_dir(args.data)} ...", flush=True)
+    source = default_corpus_dir(args.data)  # resolved once: it may mean a download
+    print(f"Preparing the corpus from {source} ...", flush=True)
     tokenizer, train_prefix, valid_prefix = prepare_corpus(
-        work / "data", source_dir=args.data, vocab_size=config.tokenizer.vocab_size,
+        work / "data", source_dir=source, vocab_size=config.tokenizer.vocab_size,
         model_type=config.tokenizer.model_type,
     )
     checkpoints, tensorboard = work / "checkpoints", work / "tensorboard"
