@@ -28,7 +28,7 @@ def init_distributed(backend_choice: str) -> None:
     if "RANK" not in os.environ:
         # Not launched by torchrun/srun: become rank 0 of a world of one on a free local port.
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(_free_port()))
+                          MASTER_PORT=str(free_port()))
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
@@ -38,7 +38,8 @@ def init_distributed(backend_choice: str) -> None:
     deepspeed.init_distributed(dist_backend=backend, verbose=False)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]

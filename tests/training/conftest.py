@@ -4,8 +4,7 @@ import os
 
 import pytest
 
-from sa_megatron.training.distributed import TORCHRUN_VARS
-from tests.training.launch import free_port
+from sa_megatron.training.distributed import TORCHRUN_VARS, free_port
 from tests.training.tiny_run import make_corpus
 
 

@@ -1,24 +1,17 @@
 """Start N real ranks as separate processes with the variables torchrun (or srun) would give them."""
 
 import os
-import socket
 import subprocess
 import sys
 
+from sa_megatron.training.distributed import TORCHRUN_VARS, free_port
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def child_env(**extra: str) -> dict:
     """This process's environment for a fresh run: without the rank variables other tests set in this process, and
     without TRITON_INTERPRET (switched on here by the Triton tests; real runs never have it). One thread (2 cores)."""
-    from sa_megatron.training.distributed import TORCHRUN_VARS
-
     env = {k: v for k, v in os.environ.items() if k not in (*TORCHRUN_VARS, "TRITON_INTERPRET")}
     return {**env, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO, **extra}
 
