@@ -49,11 +49,14 @@ class CorpusReader:
         self.json_key = json_key
         self.skip_invalid_utf8 = skip_invalid_utf8
         self.skipped: dict[Path, int] = {}
+        self.bytes_read = 0  # input bytes consumed so far, for progress bars; the total size once iterated
 
     def __iter__(self) -> Iterator[str]:
+        finished_bytes = 0
         for path in self.paths:
             count = 0
             for raw, offset in self._raw_documents(path):
+                self.bytes_read = finished_bytes + offset + len(raw)
                 text = self._decode(path, raw, offset)
                 if text is None:
                     continue
@@ -65,6 +68,8 @@ class CorpusReader:
                 skipped = self.skipped.get(path, 0)
                 why = f"all {skipped} were skipped for invalid UTF-8" if skipped else "it holds only blank lines"
                 raise DataError(f"{path}: no documents ({why}); expected at least one")
+            finished_bytes += path.stat().st_size
+            self.bytes_read = finished_bytes
 
     def _raw_documents(self, path: Path) -> Iterator[tuple[bytes, int]]:
         """(raw bytes, byte offset in the file) per document, before decoding."""

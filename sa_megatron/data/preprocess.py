@@ -53,17 +53,18 @@ def _encode_chunk(documents: list[str]):
     return flat, lengths
 
 
-def _chunks(documents, progress):
+def _chunks(reader: CorpusReader, progress):
+    """The reader's documents in lists of about CHUNK_CHARS characters; the progress bar follows the bytes read."""
     chunk, chars = [], 0
-    for document in documents:
+    for document in reader:
         chunk.append(document)
         chars += len(document)
         if chars >= CHUNK_CHARS:
-            progress.update(sum(len(d.encode("utf-8")) for d in chunk))
+            progress.update(reader.bytes_read - progress.n)
             yield chunk
             chunk, chars = [], 0
+    progress.update(reader.bytes_read - progress.n)
     if chunk:
-        progress.update(sum(len(d.encode("utf-8")) for d in chunk))
         yield chunk
 
 
@@ -96,7 +97,8 @@ def preprocess(inputs, tokenizer_path, output_prefix, workers: int = 1, doc_boun
     targets = [Path(f"{output_prefix}{suffix}") for suffix in (".bin", ".idx", ".json")]
     sizes = []
     with atomic_paths(*targets) as (bin_temp, idx_temp, json_temp), \
-            tqdm(total=total_bytes, unit="B", unit_scale=True, desc="tokenize", disable=None if show_progress is None else not show_progress) as progress:
+            tqdm(total=total_bytes, unit="B", unit_scale=True, desc="tokenize",
+                 disable=None if show_progress is None else not show_progress) as progress:
         with open(bin_temp, "wb") as bin_stream:
             for flat, lengths in _encoded_chunks(_chunks(reader, progress), tokenizer_path, workers):
                 bin_stream.write(flat.tobytes())

@@ -64,6 +64,11 @@ def _train(config: Config, stop: StopRequest) -> TrainResult:
     start = resumed["iteration"] if resumed else 0
     result = TrainResult(iteration=start, consumed_samples=start * config.training.global_batch_size,
                          resumed_from=start if resumed else None)
+    if resumed and dist.get_rank() == 0:
+        print(f"resumed from {save_dir} at step {start}", flush=True)
+        if start >= config.training.train_iters:
+            print(f"nothing left to train: training.train_iters is {config.training.train_iters}; raise it to "
+                  "train further, or use a new checkpoint.save_dir to start over", flush=True)
 
     metrics = None
     if dist.get_rank() == 0:

@@ -77,3 +77,17 @@ def test_missing_empty_or_blank_file(tmp_path, content, message):
     with pytest.raises(DataError, match=message) as err:
         read(path, doc_boundary="line")
     assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("boundary", ["file", "line", "blank-line"])
+def test_bytes_read_reaches_the_total_size(tmp_path, boundary):
+    # What the preprocess progress bar follows: BOMs, CRLFs and blank lines count too, so it ends at 100%.
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    first.write_bytes(b"\xef\xbb\xbfone\r\ntwo\r\n\r\n\r\nthree\r\n")
+    second.write_bytes(b"\n\nfour\nfive")
+    reader = CorpusReader([first, second], doc_boundary=boundary)
+    seen = []
+    for _ in reader:
+        seen.append(reader.bytes_read)
+    assert seen == sorted(seen) and seen[-1] <= first.stat().st_size + second.stat().st_size
+    assert reader.bytes_read == first.stat().st_size + second.stat().st_size

@@ -127,3 +127,11 @@ def test_write_index_matches_megatron_writer(tmp_path):
     builder.finalize(str(tmp_path / "theirs.idx"))
     write_index(tmp_path / "ours.idx", np.uint16, sizes)
     assert (tmp_path / "ours.idx").read_bytes() == (tmp_path / "theirs.idx").read_bytes()
+
+
+def test_progress_bar_ends_at_100_percent(bpe_model, tmp_path, capsys):
+    corpus = tmp_path / "crlf.txt"
+    corpus.write_bytes(b"\xef\xbb\xbf" + b"a line of text\r\n\r\n" * 2000)
+    preprocess([corpus], bpe_model, tmp_path / "out", doc_boundary="blank-line", show_progress=True)
+    final = capsys.readouterr().err.strip().split("\r")[-1]
+    assert final.startswith("tokenize: 100%"), final

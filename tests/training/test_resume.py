@@ -73,6 +73,14 @@ def test_resume_continues_exactly(straight, save_dir, corpus):
     assert sorted(p.name for p in save_dir.glob("step_*")) == ["step_4", "step_6"]  # keep_last=2
 
 
+def test_finished_run_trains_nothing_and_says_so(save_dir, corpus, capsys):
+    again = run(corpus, 4, save_dir)
+    assert again.resumed_from == 4 and again.losses == {}
+    out = capsys.readouterr().out
+    assert f"resumed from {save_dir} at step 4" in out
+    assert "nothing left to train: training.train_iters is 4" in out
+
+
 def damage_truncated_engine_file(step):
     path = step / "engine" / "mp_rank_00_model_states.pt"
     path.write_bytes(path.read_bytes()[:100])
