@@ -7,6 +7,7 @@ import yaml
 
 from launcher.cli import main
 from sa_megatron.config import load_config, padded_vocab_size, to_dict, validate
+from sa_megatron.config.validate import parse_split
 from sa_megatron.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -45,7 +46,26 @@ def test_shipped_configs_are_valid(path):
         ("model.hidden_size=130", "hidden_size (130) must be divisible by model.num_attention_heads (4)"),
         ("parallel.tensor_parallel=3", "num_attention_heads (4) must be divisible by parallel.tensor_parallel (3)"),
         ("parallel.pipeline_parallel=3", "num_layers (2) must be divisible by parallel.pipeline_parallel (3)"),
-        ("data.split=90,10", "data.split must be three non-negative numbers"),
+        ("data.split=90,10", "data.split must be three finite, non-negative numbers"),
+        ("data.split=90/10/0", "data.split must be three finite, non-negative numbers"),
+        ("data.split=nan,1,1", "data.split must be three finite, non-negative numbers"),
+        ("data.split=inf,1,0", "data.split must be three finite, non-negative numbers"),
+        ("data.split=0,0,0", "not all zero"),
+        ("data.weights=[nan]", "data.weights must be finite, non-negative numbers, not all zero, got [nan]"),
+        ("data.weights=[.inf]", "data.weights must be finite, non-negative numbers"),
+        ("data.weights=[0, 0]", "data.weights must be finite, non-negative numbers"),
+        ("optimizer.lr=nan", "optimizer.lr must be a finite number, got nan"),
+        ("training.seed=-1", "training.seed must be in [0, 2**32), got -1"),
+        ("training.seed=4294967296", "training.seed must be in [0, 2**32)"),
+        ("logging.log_interval=0", "logging.log_interval must be positive, got 0"),
+        ("training.eval_interval=-1", "training.eval_interval must be non-negative, got -1"),
+        ("training.eval_iters=0", "training.eval_iters must be positive when training.eval_interval > 0, got 0"),
+        ("checkpoint.save_interval=-5", "checkpoint.save_interval must be non-negative, got -5"),
+        ("schedule.warmup_iters=-1", "schedule.warmup_iters must be non-negative, got -1"),
+        ("schedule.decay_iters=-1", "schedule.decay_iters must be non-negative, got -1"),
+        ("model.ffn_hidden_size=0", "model.ffn_hidden_size must be positive, got 0"),
+        ("model.max_position_embeddings=-2", "model.max_position_embeddings must be positive, got -2"),
+        ("tokenizer.vocab_size=0", "tokenizer.vocab_size must be positive, got 0"),
         ("parallel.zero_stage=4", "zero_stage must be 0, 1, 2 or 3"),
         ("model.num_layers=0", "model.num_layers must be positive"),
         ("noequals", "must look like section.key=value"),
@@ -86,6 +106,20 @@ def test_global_batch_must_split_over_micro_batches_and_data_parallel():
 def test_blend_weights_must_match_paths():
     with pytest.raises(ConfigError, match="data.weights has 1 entries but data.paths has 2"):
         load_config([], ["data.paths=[a, b]", "data.weights=[1.0]"])
+
+
+def test_zero_intervals_and_disabled_eval_are_valid():
+    config = load_config([], ["training.eval_interval=0", "training.eval_iters=0", "checkpoint.save_interval=0",
+                              "schedule.warmup_iters=0", "training.seed=0", f"training.seed={2**32 - 1}"])
+    assert config.training.eval_iters == 0 and config.training.seed == 2**32 - 1
+
+
+def test_split_parser_is_strict():
+    assert parse_split("969,30,1") == [969.0, 30.0, 1.0]
+    assert parse_split(" 1, 0 ,0") == [1.0, 0.0, 0.0]
+    for bad in ("1", "1,0", "1,0,0,0", "1/0/0", "a,b,c", "-1,1,1", "", "1,,1"):
+        with pytest.raises(ConfigError, match=f"data.split must be .*; got '{bad}'"):
+            parse_split(bad)
 
 
 def test_vocab_padding_follows_megatron():

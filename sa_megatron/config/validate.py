@@ -1,5 +1,7 @@
 """Every cross-field rule of the config, in one place, each failing with a message that says how to fix it."""
 
+import dataclasses
+import math
 from typing import Optional
 
 from sa_megatron.config.schema import Config
@@ -24,9 +26,21 @@ def data_parallel_size(config: Config, world_size: int) -> int:
 def validate(config: Config, world_size: Optional[int] = None) -> None:
     """Raise ConfigError on the first broken rule; `world_size` enables the batch-size rule."""
     m, p, t = config.model, config.parallel, config.training
-    _positive(m, "model", "num_layers", "hidden_size", "num_attention_heads", "seq_length", "make_vocab_size_divisible_by")
+    _finite_floats(config)
+    _positive(m, "model", "num_layers", "hidden_size", "num_attention_heads", "seq_length", "make_vocab_size_divisible_by",
+              "ffn_hidden_size", "max_position_embeddings", "vocab_size")
     _positive(p, "parallel", "tensor_parallel", "pipeline_parallel")
     _positive(t, "training", "train_iters", "micro_batch_size", "global_batch_size")
+    _positive(config.tokenizer, "tokenizer", "vocab_size")
+    _positive(config.logging, "logging", "log_interval")
+    _non_negative(t, "training", "eval_interval")
+    _non_negative(config.checkpoint, "checkpoint", "save_interval")
+    _non_negative(config.schedule, "schedule", "warmup_iters", "decay_iters")
+    if t.eval_interval and t.eval_iters <= 0:
+        raise ConfigError(f"training.eval_iters must be positive when training.eval_interval > 0, got {t.eval_iters} "
+                          "(set training.eval_interval=0 to disable validation)")
+    if not 0 <= t.seed < 2**32:
+        raise ConfigError(f"training.seed must be in [0, 2**32), got {t.seed}")  # numpy's seed range
     if m.hidden_size % m.num_attention_heads:
         raise ConfigError(
             f"model.hidden_size ({m.hidden_size}) must be divisible by model.num_attention_heads ({m.num_attention_heads})"
@@ -59,8 +73,6 @@ def validate(config: Config, world_size: Optional[int] = None) -> None:
             )
     if config.checkpoint.keep_last < 1:
         raise ConfigError(f"checkpoint.keep_last must be at least 1, got {config.checkpoint.keep_last}")
-    if m.vocab_size is not None and m.vocab_size <= 0:
-        raise ConfigError(f"model.vocab_size must be positive, got {m.vocab_size}")
     if m.max_position_embeddings is not None and m.position_encoding == "learned" and m.max_position_embeddings < m.seq_length:
         raise ConfigError(
             f"model.max_position_embeddings ({m.max_position_embeddings}) is smaller than model.seq_length ({m.seq_length})"
@@ -68,11 +80,8 @@ def validate(config: Config, world_size: Optional[int] = None) -> None:
     for name in ("hidden_dropout",):
         if not 0.0 <= getattr(m, name) < 1.0:
             raise ConfigError(f"model.{name} must be in [0, 1), got {getattr(m, name)}")
-    if config.data.weights is not None and len(config.data.weights) != len(config.data.paths):
-        raise ConfigError(
-            f"data.weights has {len(config.data.weights)} entries but data.paths has {len(config.data.paths)}"
-        )
-    _check_split(config.data.split)
+    check_weights(config.data.weights, len(config.data.paths))
+    parse_split(config.data.split)
     if config.optimizer.min_lr > config.optimizer.lr:
         raise ConfigError(f"optimizer.min_lr ({config.optimizer.min_lr}) exceeds optimizer.lr ({config.optimizer.lr})")
     if world_size is not None:
@@ -84,16 +93,51 @@ def validate(config: Config, world_size: Optional[int] = None) -> None:
             )
 
 
-def _positive(section, name: str, *keys: str) -> None:
-    for key in keys:
-        if getattr(section, key) <= 0:
-            raise ConfigError(f"{name}.{key} must be positive, got {getattr(section, key)}")
-
-
-def _check_split(split: str) -> None:
+def parse_split(split: str) -> list[float]:
+    """Megatron's data.split "969,30,1" -> [train, valid, test] shares; the one parser of it (the builder uses it too)."""
     try:
-        parts = [float(x) for x in split.split(",")]
+        shares = [float(part) for part in split.split(",")]
     except ValueError:
-        parts = []
-    if len(parts) != 3 or min(parts) < 0 or sum(parts) <= 0:
-        raise ConfigError(f"data.split must be three non-negative numbers like '969,30,1', got '{split}'")
+        shares = []
+    if len(shares) != 3 or not _finite_non_negative(shares):
+        raise ConfigError(f"data.split must be three finite, non-negative numbers, not all zero, like '969,30,1'; got '{split}'")
+    return shares
+
+
+def check_weights(weights: Optional[list], num_paths: int) -> None:
+    """data.weights: None (blend by size), or one finite, non-negative weight per path, not all zero."""
+    if weights is None:
+        return
+    if not _finite_non_negative(weights):
+        raise ConfigError(f"data.weights must be finite, non-negative numbers, not all zero, got {weights}")
+    if len(weights) != num_paths:
+        raise ConfigError(f"data.weights has {len(weights)} entries but data.paths has {num_paths}")
+
+
+def _finite_non_negative(numbers) -> bool:
+    # float() reads "nan" and "inf", and every comparison with nan is false, so test finiteness explicitly.
+    return all(math.isfinite(x) and x >= 0 for x in numbers) and sum(numbers) > 0
+
+
+def _finite_floats(config: Config) -> None:
+    for section in dataclasses.fields(config):
+        values = getattr(config, section.name)
+        for key in dataclasses.fields(values):
+            value = getattr(values, key.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{section.name}.{key.name} must be a finite number, got {value}")
+
+
+def _positive(section, name: str, *keys: str) -> None:
+    """Each key must be > 0; an optional key left at None (meaning "derive it") passes."""
+    for key in keys:
+        value = getattr(section, key)
+        if value is not None and value <= 0:
+            raise ConfigError(f"{name}.{key} must be positive, got {value}")
+
+
+def _non_negative(section, name: str, *keys: str) -> None:
+    for key in keys:
+        value = getattr(section, key)
+        if value is not None and value < 0:
+            raise ConfigError(f"{name}.{key} must be non-negative, got {value}")
