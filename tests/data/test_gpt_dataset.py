@@ -5,16 +5,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sa_megatron.data import build_gpt_datasets
+from sa_megatron.data import build_gpt_datasets, check_dataset_tokenizer
 from sa_megatron.data.builder import split_documents
+from sa_megatron.data.corpus import CorpusReader
 from sa_megatron.data.sample_index import build_blending_index
-from sa_megatron.errors import DataError
+from sa_megatron.errors import ConfigError, DataError
 from tests.data.conftest import random_documents
 
 SEQ = 32
 
 
-def train_only(prefix, samples, seed=1234, split="1", **options):
+def train_only(prefix, samples, seed=1234, split="1,0,0", **options):
     return build_gpt_datasets([prefix], None, split, SEQ, seed, (samples, 0, 0), **options)[0]
 
 
@@ -89,7 +90,7 @@ def test_empty_split_or_zero_samples_is_none(make_dataset):
 def test_blend_honours_weights_within_one_sample(make_dataset):
     prefixes = [make_dataset(random_documents(200, seed=s), name=f"d{s}") for s in range(3)]
     weights = [0.5, 0.3, 0.2]
-    blend = build_gpt_datasets(prefixes, weights, "1", SEQ, 3, (1000, 0, 0))[0]
+    blend = build_gpt_datasets(prefixes, weights, "1,0,0", SEQ, 3, (1000, 0, 0))[0]
     counts = np.cumsum(np.eye(3, dtype=np.int64)[blend.dataset_index], axis=0)
     expected = np.outer(np.arange(1, 1001), weights)
     assert np.abs(counts - expected).max() <= 1
@@ -128,21 +129,56 @@ def test_vocab_mismatch(make_dataset, bpe_model, tmp_path):
     corpus.write_text("some words to tokenize\n" * 50)
     prefix = tmp_path / "tokenized"
     preprocess([corpus], bpe_model, prefix)
-    build_gpt_datasets([str(prefix)], None, "1", 8, 1, (4, 0, 0), vocab_size=1000)
+    build_gpt_datasets([str(prefix)], None, "1,0,0", 8, 1, (4, 0, 0), vocab_size=1000)
     with pytest.raises(DataError, match=f"{prefix}.json: the data was tokenized with a vocabulary of 1000 ids"):
-        build_gpt_datasets([str(prefix)], None, "1", 8, 1, (4, 0, 0), vocab_size=512)
+        build_gpt_datasets([str(prefix)], None, "1,0,0", 8, 1, (4, 0, 0), vocab_size=512)
     sidecar = Path(f"{prefix}.json")
     sidecar.write_text("{truncated")
     with pytest.raises(DataError, match=f"{sidecar}: not a preprocess sidecar"):
-        build_gpt_datasets([str(prefix)], None, "1", 8, 1, (4, 0, 0), vocab_size=1000)
+        build_gpt_datasets([str(prefix)], None, "1,0,0", 8, 1, (4, 0, 0), vocab_size=1000)
     no_sidecar = make_dataset([[1, 2, 600]] * 20)
     with pytest.raises(DataError, match="synthetic.bin: the data was tokenized with a vocabulary of 601 ids"):
-        build_gpt_datasets([no_sidecar], None, "1", 8, 1, (4, 0, 0), vocab_size=512)
+        build_gpt_datasets([no_sidecar], None, "1,0,0", 8, 1, (4, 0, 0), vocab_size=512)
+
+
+def test_data_from_another_tokenizer_of_the_same_size_is_refused(bpe_model, gutenberg_files, tmp_path):
+    """Same vocab size, different pieces: the ids would fit but mean other text, so the sha256 decides."""
+    from sa_megatron.data.preprocess import preprocess
+    from sa_megatron.data.tokenizer import load_tokenizer, train_tokenizer
+
+    other = load_tokenizer(train_tokenizer(CorpusReader(gutenberg_files[:1]), tmp_path / "other", 1000, "bpe",
+                                           input_sentence_size=3000))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("some words to tokenize\n" * 50)
+    ours = load_tokenizer(bpe_model)
+    assert other.vocab_size == ours.vocab_size and other.sha256 != ours.sha256
+    prefix = str(tmp_path / "tokenized")
+    preprocess([corpus], bpe_model, prefix)
+    build_gpt_datasets([prefix], None, "1,0,0", 8, 1, (4, 0, 0), vocab_size=1000, tokenizer_sha256=ours.sha256)
+    check_dataset_tokenizer(prefix, ours.vocab_size, ours.sha256)
+    message = (f"{prefix}.json: the data was tokenized with a different tokenizer .sha256 {ours.sha256[:12]}…, "
+               f"not {other.sha256[:12]}….; preprocess it again with the run's tokenizer")
+    with pytest.raises(DataError, match=message):
+        build_gpt_datasets([prefix], None, "1,0,0", 8, 1, (4, 0, 0), vocab_size=1000, tokenizer_sha256=other.sha256)
+    with pytest.raises(DataError, match=message):
+        check_dataset_tokenizer(prefix, other.vocab_size, other.sha256)
+
+
+def test_data_without_sidecar_is_scanned_for_ids(make_dataset):
+    prefix = make_dataset([[1, 2, 511]] * 20)
+    check_dataset_tokenizer(prefix, 512, "0" * 64)  # no sidecar: nothing names the tokenizer, the ids fit
+    with pytest.raises(DataError, match="synthetic.bin: the data was tokenized with a vocabulary of 512 ids, larger than the tokenizer's 511"):
+        check_dataset_tokenizer(prefix, 511, None)
 
 
 def test_bad_split_and_weights(make_dataset):
+    """The builder applies the config's own rules (one parser): Megatron's three comma-separated shares, finite weights."""
     prefix = make_dataset(random_documents(10))
-    with pytest.raises(DataError, match="data.split"):
-        build_gpt_datasets([prefix], None, "a,b", SEQ, 1, (1, 0, 0))
-    with pytest.raises(DataError, match="data.weights"):
-        build_gpt_datasets([prefix, prefix], [1.0], "1", SEQ, 1, (1, 0, 0))
+    for split in ("a,b", "1", "1/0/0", "nan,1,0"):
+        with pytest.raises(ConfigError, match=f"data.split must be three finite, non-negative numbers.*; got '{split}'"):
+            build_gpt_datasets([prefix], None, split, SEQ, 1, (1, 0, 0))
+    with pytest.raises(ConfigError, match="data.weights has 1 entries but data.paths has 2"):
+        build_gpt_datasets([prefix, prefix], [1.0], "1,0,0", SEQ, 1, (1, 0, 0))
+    for weights in ([float("nan"), 1.0], [float("inf"), 1.0], [0, 0]):
+        with pytest.raises(ConfigError, match="data.weights must be finite, non-negative numbers, not all zero"):
+            build_gpt_datasets([prefix, prefix], weights, "1,0,0", SEQ, 1, (1, 0, 0))
