@@ -18,10 +18,8 @@ def run_train(args) -> int:
     from sa_megatron.training.loop import train
 
     try:
-        result = train(load_config(args.configs, args.overrides))
+        train(load_config(args.configs, args.overrides))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-    if result.stopped_by_signal:
-        print(f"stopped by signal after step {result.iteration}; the checkpoint resumes from there", flush=True)
     return 0

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 
 from sa_megatron.config import Config
-from sa_megatron.errors import ConfigError, DataError, UserInputError
+from sa_megatron.errors import ConfigError, DataError
 from sa_megatron.training.distributed import any_rank
 
 
@@ -40,7 +40,7 @@ def build_datasets(config: Config):
     if dist.get_rank() == 0:
         try:
             datasets = build()
-        except UserInputError as err:
+        except Exception as err:  # noqa: BLE001 - whatever it is, the other ranks must learn of it, not hang
             failure = err
     # A flag instead of a barrier, so the other ranks stop too (rather than hang) when rank 0 fails.
     if any_rank(failure is not None):

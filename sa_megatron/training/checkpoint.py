@@ -2,8 +2,9 @@
 
 Saving is atomic: every rank writes into `.tmp-step_N`, fsyncs, and after a barrier rank 0 writes the metadata
 and the COMPLETE marker and renames the directory to `step_N`. Resuming walks the step directories newest first
-and skips (with a warning naming it) any that is incomplete or fails to load; one written for a different model
-shape, parallel layout or tokenizer is an error, since continuing from it would silently train something else.
+and sets aside (renamed `damaged-step_N.T`, with a warning naming it) any that is incomplete or fails to load; one
+written for a different model shape, parallel layout or tokenizer is an error, since continuing from it would
+silently train something else.
 """
 
 import contextlib
@@ -12,7 +13,7 @@ import logging
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.distributed as dist
@@ -76,17 +77,25 @@ def save_checkpoint(engine, save_dir, step: int, consumed_samples: int, identity
 
 def resume_latest(engine, save_dir, identity: dict) -> Optional[dict]:
     """Load the newest usable checkpoint into `engine` and this rank's RNGs; returns its metadata (None = fresh)."""
+    engine_touched_by = None  # a checkpoint whose engine load failed part-way: the engine may hold some of it
     for checkpoint in files.step_dirs(Path(save_dir)):
         metadata = files.read_metadata(checkpoint) if files.is_complete(checkpoint) else None
         if not all_ranks(metadata is not None):
             reason = "no COMPLETE marker" if not files.is_complete(checkpoint) else f"unreadable {files.METADATA}"
-            _warn_skip(checkpoint, reason)
+            _set_aside(checkpoint, reason)
             continue
         check_compatible(metadata, identity, checkpoint)
         failure = _load_engine_and_rng(engine, checkpoint)
         if all_ranks(failure is None):
             return metadata
-        _warn_skip(checkpoint, failure or "another rank could not load its part")
+        _set_aside(checkpoint, failure or "another rank could not load its part")
+        engine_touched_by = checkpoint
+    if engine_touched_by is not None:
+        # Loading a checkpoint overwrites all engine state; a fresh start would not, so it would begin from a mix.
+        raise CheckpointError(
+            f"no checkpoint in {save_dir} could be loaded and the engine may hold part of {engine_touched_by.name}; "
+            "the damaged checkpoints were set aside as damaged-step_*: run again to start from scratch"
+        )
     return None
 
 
@@ -120,24 +129,51 @@ def _load_engine_and_rng(engine, checkpoint: Path) -> Optional[str]:
     return None
 
 
-def _warn_skip(checkpoint: Path, reason: str) -> None:
+def _set_aside(checkpoint: Path, reason: str) -> None:
+    """Every rank has agreed to skip `checkpoint`: rank 0 renames it, so prune can never count it as a good one."""
     if dist.get_rank() == 0:
-        logger.warning("warning: skipping checkpoint %s: %s; trying the previous one", checkpoint, reason)
+        aside = files.set_aside(checkpoint)
+        logger.warning("warning: skipping checkpoint %s: %s; set aside as %s, trying the previous one",
+                       checkpoint, reason, aside.name)
 
 
-def load_for_inference(load_dir):
-    """(model in eval mode with fp32 weights on CPU, its Config) from a step_N dir or a save_dir."""
+class Inference(NamedTuple):
+    model: torch.nn.Module  # eval mode, fp32 weights, on CPU
+    config: Config
+    tokenizer_sha256: str  # of the tokenizer the checkpoint was trained with
+
+
+def load_for_inference(load_dir) -> Inference:
+    """The model of the newest complete checkpoint in a save_dir, or of one step_N dir."""
     from sa_megatron.model import build_model
 
     checkpoint = _inference_checkpoint(Path(load_dir))
     metadata = files.read_metadata(checkpoint)
     if metadata is None:
         raise CheckpointError(f"checkpoint {checkpoint} has an unreadable {files.METADATA}")
-    config = from_dict(metadata["config"])
-    model = build_model(config.model, metadata["model_shape"]["padded_vocab_size"])
-    state = _fp32_state_dict(checkpoint, metadata["parallel_layout"]["zero_stage"])
-    model.load_state_dict(state)
-    return model.float().eval(), config
+    try:
+        config = from_dict(metadata["config"])
+        model = build_model(config.model, metadata["model_shape"]["padded_vocab_size"])
+        model.load_state_dict(_fp32_state_dict(checkpoint, metadata["parallel_layout"]["zero_stage"]))
+        tokenizer_sha256 = metadata["tokenizer_sha256"]
+    except Exception as err:  # noqa: BLE001 - a damaged file makes torch/DeepSpeed raise anything
+        detail = (str(err).strip().splitlines() or [""])[0]
+        raise CheckpointError(f"checkpoint {checkpoint} could not be loaded ({type(err).__name__}: {detail}); "
+                              "pass --load SAVE_DIR/step_N to use an earlier one") from None
+    return Inference(model.float().eval(), config, tokenizer_sha256)
+
+
+def checkpoint_tokenizer(loaded: Inference):
+    """The tokenizer at the checkpoint's `tokenizer.model` path, refused if it is not the one trained with."""
+    from sa_megatron.data import load_tokenizer
+
+    tokenizer = load_tokenizer(loaded.config.tokenizer.model)
+    if tokenizer.sha256 != loaded.tokenizer_sha256:
+        raise CheckpointError(
+            f"tokenizer {loaded.config.tokenizer.model} is not the one this checkpoint was trained with "
+            "(its sha256 differs); restore the original file"
+        )
+    return tokenizer
 
 
 def _inference_checkpoint(load_dir: Path) -> Path:

@@ -8,12 +8,14 @@
         metadata.json        resolved config, iteration, consumed samples, tokenizer hash, code version, layout
         COMPLETE             written last: a step_N without it is unfinished
       .tmp-step_N/           a checkpoint being written; renamed to step_N once complete
+      damaged-step_N.T/      a step_N that resume could not use, set aside (at unix time T) rather than deleted
 """
 
 import json
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -21,6 +23,7 @@ ENGINE_TAG = "engine"
 METADATA = "metadata.json"
 MARKER = "COMPLETE"
 LATEST = "latest"
+TEMP_PREFIX = ".tmp-step_"
 _STEP_DIR = re.compile(r"step_(\d+)")
 
 
@@ -29,7 +32,14 @@ def step_dir_name(step: int) -> str:
 
 
 def temp_dir_name(step: int) -> str:
-    return f".tmp-step_{step}"
+    return f"{TEMP_PREFIX}{step}"
+
+
+def set_aside(checkpoint: Path) -> Path:
+    """Rename an unusable checkpoint out of the step_N namespace, so resume and prune never see it again."""
+    target = checkpoint.with_name(f"damaged-{checkpoint.name}.{int(time.time())}")
+    os.replace(checkpoint, target)
+    return target
 
 
 def rng_file(checkpoint: Path, rank: int) -> Path:
@@ -91,9 +101,6 @@ def publish(temp: Path, final: Path) -> None:
     """Mark `temp` complete and rename it to `final`, then point `latest` at it; each step survives a crash."""
     write_json_durably(temp / MARKER, {"step_dir": final.name})
     fsync_dir(temp)
-    if final.exists():
-        # Only reached when `final` failed to load and training went back before it: it is being redone.
-        shutil.rmtree(final)
     os.replace(temp, final)
     fsync_dir(final.parent)
     pointer = final.parent / f".{LATEST}.tmp"
@@ -104,7 +111,9 @@ def publish(temp: Path, final: Path) -> None:
 
 
 def prune(save_dir: Path, keep_last: int) -> None:
-    """Delete step directories older than the `keep_last` newest complete ones."""
+    """Delete step directories older than the `keep_last` newest complete ones, and saves that died half-written."""
+    for leftover in save_dir.glob(f"{TEMP_PREFIX}*"):
+        shutil.rmtree(leftover)
     complete = [p for p in step_dirs(save_dir) if is_complete(p)]
     if len(complete) <= keep_last:
         return

@@ -119,6 +119,9 @@ class _Run:
             self.interval_start += time.perf_counter() - paused_at
             if stop_now:
                 result.stopped_by_signal = True
+                if self.metrics is not None:
+                    saved = "the checkpoint resumes from there" if ckpt.save_dir else "no checkpoint.save_dir: not saved"
+                    print(f"stopped by signal after step {step}; {saved}", flush=True)
                 return
         if result.losses and t.eval_interval and result.iteration % t.eval_interval:
             result.eval_losses[result.iteration] = self.evaluate(valid_data, result.iteration)

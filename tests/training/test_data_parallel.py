@@ -59,7 +59,7 @@ def test_dp2_reproduces_dp1_losses(stage, dp2, dp1):
 @pytest.mark.parametrize("stage", STAGES)
 def test_dp2_checkpoint_loads_the_same_fp32_weights(stage, dp2, dp1):
     # ZeRO 1-3 shard the fp32 master weights over both ranks; load_for_inference must gather them all.
-    reference, _ = load_for_inference(dp1[0])
-    model, _ = load_for_inference(dp2[stage][0])
+    reference = load_for_inference(dp1[0]).model
+    model = load_for_inference(dp2[stage][0]).model
     for (name, expected), actual in zip(reference.state_dict().items(), model.state_dict().values()):
         torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-6, msg=name)

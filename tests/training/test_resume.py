@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from sa_megatron.errors import CheckpointError
-from sa_megatron.training.checkpoint import load_for_inference
+from sa_megatron.training.checkpoint import checkpoint_tokenizer, load_for_inference
 from sa_megatron.training.loop import train
 from tests.training.tiny_run import tiny_config
 
@@ -104,6 +104,29 @@ def test_damaged_latest_checkpoint_falls_back_to_previous(damage, straight, save
     assert resumed.losses == {s: straight.losses[s] for s in (3, 4, 5, 6)}
 
 
+def test_damaged_checkpoint_is_set_aside_and_never_counted_by_pruning(straight, save_dir, corpus):
+    damage_truncated_engine_file(save_dir / "step_4")
+    resumed = run(corpus, 6, save_dir, checkpoint={"keep_last": 1})
+    assert resumed.resumed_from == 2 and resumed.losses == {s: straight.losses[s] for s in (3, 4, 5, 6)}
+    names = sorted(p.name for p in save_dir.iterdir())
+    assert names[0].startswith("damaged-step_4.") and names[1:] == ["latest", "losses.jsonl", "step_6"], names
+    assert run(corpus, 6, save_dir).resumed_from == 6
+
+
+def test_no_fresh_start_on_top_of_a_half_loaded_engine(save_dir, corpus):
+    shutil.rmtree(save_dir / "step_2")
+    damage_truncated_engine_file(save_dir / "step_4")
+    with pytest.raises(CheckpointError, match="no checkpoint in .* could be loaded"):
+        run(corpus, 6, save_dir)
+    assert run(corpus, 2, save_dir).resumed_from is None  # the damaged one was set aside: now a clean start
+
+
+def test_leftovers_of_a_save_that_died_are_removed(save_dir, corpus):
+    (save_dir / ".tmp-step_5" / "engine").mkdir(parents=True)
+    run(corpus, 6, save_dir)
+    assert not list(save_dir.glob(".tmp-*"))
+
+
 def test_model_shape_mismatch_is_an_error(save_dir, corpus):
     with pytest.raises(CheckpointError, match=r"hidden_size 64 \(checkpoint\) vs 32 \(this run\)"):
         run(corpus, 6, save_dir, model={"hidden_size": 32})
@@ -136,13 +159,37 @@ def test_stop_signal_saves_and_stops_after_the_current_step(corpus, tmp_path):
 
 
 def test_load_for_inference(saved, corpus):
-    model, config = load_for_inference(saved)
+    model, config, tokenizer_sha256 = load_for_inference(saved)
     assert config.tokenizer.model == str(corpus[0]) and config.model.hidden_size == 64
+    assert tokenizer_sha256 == checkpoint_tokenizer(load_for_inference(saved)).sha256
     assert not model.training and all(p.dtype == torch.float32 for p in model.parameters())
-    step_2, _ = load_for_inference(saved / "step_2")
+    step_2 = load_for_inference(saved / "step_2").model
     assert any((a != b).any() for a, b in zip(model.parameters(), step_2.parameters()))
 
 
 def test_load_for_inference_without_checkpoint_is_an_error(tmp_path):
     with pytest.raises(CheckpointError, match="no complete checkpoint"):
         load_for_inference(tmp_path)
+
+
+@pytest.mark.parametrize("damage", [damage_truncated_engine_file, lambda step: (step / "metadata.json").write_text("{}")])
+def test_load_for_inference_of_a_damaged_checkpoint_is_an_error(save_dir, damage):
+    damage(save_dir / "step_4")
+    with pytest.raises(CheckpointError, match=r"step_4 could not be loaded .*earlier one"):
+        load_for_inference(save_dir)
+
+
+def test_checkpoint_tokenizer_refuses_a_different_tokenizer(saved, tmp_path):
+    from dataclasses import replace
+
+    from sa_megatron.data.corpus import CorpusReader
+    from sa_megatron.data.tokenizer import train_tokenizer
+    from tests.training.tiny_run import corpus_text
+
+    loaded = load_for_inference(saved)
+    text = tmp_path / "corpus.txt"
+    text.write_text(corpus_text(), encoding="utf-8")
+    other = train_tokenizer(CorpusReader([text], doc_boundary="blank-line"), tmp_path / "other", vocab_size=400)
+    config = replace(loaded.config, tokenizer=replace(loaded.config.tokenizer, model=str(other)))
+    with pytest.raises(CheckpointError, match="not the one this checkpoint was trained with"):
+        checkpoint_tokenizer(loaded._replace(config=config))
