@@ -4,11 +4,15 @@ Sampling order: mask padded vocabulary rows, divide by temperature, keep the top
 minimal nucleus whose probability reaches top_p. Temperature 0 means greedy argmax.
 """
 
+import math
 from typing import Optional
 
 import torch
 
 from sa_megatron.errors import UserInputError
+
+# Below this, sampling is greedy in effect and logits / temperature can overflow to inf (then NaN probabilities).
+MIN_TEMPERATURE = 1e-4
 
 
 def filter_logits(logits: torch.Tensor, *, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -46,9 +50,10 @@ def generate_tokens(model, prompt_ids: list[int], *, max_new_tokens: int, vocab_
     """
     if not prompt_ids:
         raise UserInputError("generation needs at least one prompt token")
-    if temperature < 0 or top_k < 0 or not 0 < top_p <= 1:
+    if not (temperature == 0 or MIN_TEMPERATURE <= temperature < math.inf) or top_k < 0 or not 0 < top_p <= 1:
         raise UserInputError(
-            f"sampling needs temperature >= 0, top_k >= 0 and 0 < top_p <= 1; got {temperature}, {top_k}, {top_p}"
+            f"sampling needs temperature 0 (greedy) or in [{MIN_TEMPERATURE}, inf), top_k >= 0 and 0 < top_p <= 1; "
+            f"got {temperature}, {top_k}, {top_p}"
         )
     model.eval()
     device = next(model.parameters()).device

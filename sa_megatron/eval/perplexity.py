@@ -60,14 +60,22 @@ def window_count(num_tokens: int, length: int, max_windows: Optional[int] = None
     return count if max_windows is None else min(count, max_windows)
 
 
-@torch.no_grad()
-def perplexity_at_length(model, stream: torch.Tensor, length: int, *, score_last: Optional[int] = None,
-                         batch_size: int = 1, max_windows: Optional[int] = None) -> LengthPerplexity:
+def check_window_options(length: int, score_last: Optional[int], batch_size: int, max_windows: Optional[int]) -> int:
+    """The number of tokens scored per window (the whole window when `score_last` is None)."""
     score_last = length if score_last is None else score_last
     if not 0 < score_last <= length:
         raise UserInputError(
             f"score_last (--score-last) must be in [1, {length}] for length {length}, got {score_last}"
         )
+    if batch_size < 1 or (max_windows is not None and max_windows < 1):
+        raise UserInputError(f"batch_size and max_windows must be positive, got {batch_size} and {max_windows}")
+    return score_last
+
+
+@torch.no_grad()
+def perplexity_at_length(model, stream: torch.Tensor, length: int, *, score_last: Optional[int] = None,
+                         batch_size: int = 1, max_windows: Optional[int] = None) -> LengthPerplexity:
+    score_last = check_window_options(length, score_last, batch_size, max_windows)
     windows = window_count(stream.numel(), length, max_windows)
     if windows == 0:
         raise UserInputError(
@@ -90,9 +98,10 @@ def perplexity_at_length(model, stream: torch.Tensor, length: int, *, score_last
 def perplexity_at_lengths(model, model_config: ModelConfig, stream_or_docs, lengths: Sequence[int], *,
                           score_last: Optional[int] = None, batch_size: int = 1,
                           max_windows: Optional[int] = None) -> list[LengthPerplexity]:
-    """One result per length; every length is checked against the model's position limit before any work."""
+    """One result per length; every length and option is checked before any work."""
     for length in lengths:
         check_length(model_config, length)
+        check_window_options(length, score_last, batch_size, max_windows)
     stream = token_stream(stream_or_docs)
     return [
         perplexity_at_length(model, stream, length, score_last=score_last, batch_size=batch_size,
