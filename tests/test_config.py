@@ -132,12 +132,33 @@ def test_missing_and_malformed_files(tmp_path):
     with pytest.raises(ConfigError, match="does-not-exist.yaml does not exist"):
         load_config([tmp_path / "does-not-exist.yaml"])
     bad = tmp_path / "bad.yaml"
-    bad.write_text("model: [unclosed")
-    with pytest.raises(ConfigError, match="bad.yaml is not valid YAML"):
+    bad.write_text("model:\n  num_layers: 2\n  hidden_size: [unclosed\n")
+    with pytest.raises(ConfigError) as err:
         load_config([bad])
+    assert str(err.value) == f"{bad}:4:1: invalid YAML: expected ',' or ']', but got '<stream end>'"
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("model:\n  num_layers: 2\n# réglages\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as err:
+        load_config([latin1])
+    assert str(err.value) == f"{latin1}:3: not UTF-8 text (byte 0xe9); expected a UTF-8 YAML file"
     listing = write(tmp_path, "list.yaml", [1, 2])
     with pytest.raises(ConfigError, match="must hold a mapping of sections"):
         load_config([listing])
+
+
+def test_override_value_that_is_not_yaml():
+    with pytest.raises(ConfigError) as err:
+        load_config([], ["model.seq_length=[1"])
+    assert str(err.value) == ("override 'model.seq_length=[1': the value is not valid YAML (expected ',' or ']', "
+                              "but got '<stream end>'); quote it to pass a string")
+
+
+def test_empty_section_means_no_keys(tmp_path):
+    base = write(tmp_path, "a.yaml", {"model": {"num_layers": 6}})
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("model:\ntraining:\n")
+    assert load_config([empty]).model.num_layers == 2
+    assert load_config([base, empty]).model.num_layers == 6  # an empty section adds nothing, it does not reset
 
 
 def test_cli_show_prints_the_resolved_config(capsys):
@@ -148,10 +169,14 @@ def test_cli_show_prints_the_resolved_config(capsys):
     assert shown["model"]["num_layers"] == 12 and shown["model"]["hidden_size"] == 768
 
 
-def test_cli_reports_errors_in_one_line(capsys):
+def test_cli_reports_errors_in_one_line(capsys, tmp_path):
     assert main(["config", "show", "--set", "model.num_layres=2"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "sa-megatron config: error: unknown key in section 'model' 'num_layres'; did you mean 'num_layers'?"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {num_layers: 2\n")
+    assert main(["config", "show", str(bad)]) == 2
+    assert len(capsys.readouterr().err.splitlines()) == 1
 
 
 def test_cli_fields_documents_every_field(capsys):

@@ -16,9 +16,9 @@ def load_config(files=(), overrides=(), validate_config=True) -> Config:
     """Merge `files` (later wins), apply `overrides` ("section.key=value"), type-check and validate."""
     merged: dict = {}
     for path in files:
-        _merge(merged, _read_yaml(Path(path)), source=str(path))
+        _merge(merged, _read_yaml(Path(path)))
     for item in overrides:
-        _merge(merged, _parse_override(item), source=f"--set {item}")
+        _merge(merged, _parse_override(item))
     config = from_dict(merged)
     if validate_config:
         from sa_megatron.config.validate import validate
@@ -51,15 +51,24 @@ def to_dict(config: Config) -> dict:
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
+    raw = path.read_bytes()
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[err.start]:02x}); expected a UTF-8 YAML file") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: invalid YAML: {_yaml_problem(err)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
-    return data
+    # A section with nothing under it (`model:`) reads as null; it means "no keys", like an empty mapping.
+    return {section: {} if values is None else values for section, values in data.items()}
 
 
 def _parse_override(item: str) -> dict:
@@ -67,10 +76,20 @@ def _parse_override(item: str) -> dict:
     parts = key.strip().split(".")
     if not sep or len(parts) != 2 or not all(parts):
         raise ConfigError(f"override '{item}' must look like section.key=value (e.g. training.train_iters=100)")
-    return {parts[0]: {parts[1]: yaml.safe_load(text) if text.strip() else None}}
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override '{item}': the value is not valid YAML ({_yaml_problem(err)}); "
+                          "quote it to pass a string") from None
+    return {parts[0]: {parts[1]: value}}
 
 
-def _merge(into: dict, update: dict, source: str) -> None:
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """The one-line cause of a YAML error; str(err) spans several lines with the offending text and a caret."""
+    return getattr(err, "problem", None) or str(err).splitlines()[0]
+
+
+def _merge(into: dict, update: dict) -> None:
     for section, values in update.items():
         if isinstance(values, dict) and isinstance(into.get(section), dict):
             into[section].update(values)
@@ -110,6 +129,6 @@ def _coerce(value, hint, where: str):
             except ValueError:
                 pass
         raise ConfigError(f"{where} must be a number, got {value!r}")
-    if hint is int and isinstance(value, bool) or not isinstance(value, hint):
+    if (hint is int and isinstance(value, bool)) or not isinstance(value, hint):
         raise ConfigError(f"{where} must be of type {hint.__name__}, got {value!r}")
     return value
