@@ -21,6 +21,7 @@ SPACE_MARKER = "\u2581"
 SPACE_MARKER_BYTE_PIECES = ("<0xE2>", "<0x96>", "<0x81>")
 ROUND_TRIP_PROBE_BATCH = [" a\n\n b  c\t1234\n\u2581x\u2581 é\n"]
 SEPARATORS = re.compile("(\n|\u2581)")
+MIN_VOCAB_SIZE = 256 + len(SPECIAL_IDS) + 2  # byte-fallback pieces, special ids, "\n", at least one character
 
 
 class Tokenizer:
@@ -94,6 +95,19 @@ def training_sentences(documents):
                 yield line
 
 
+def remembering_errors(iterator, errors: list):
+    """Iterate, appending any exception to `errors` before re-raising it.
+
+    Sentencepiece turns an exception in its sentence iterator into a RuntimeError whose text is a stack dump;
+    this keeps the original (say, the corpus reader's DataError naming the bad line) so it can be raised instead.
+    """
+    try:
+        yield from iterator
+    except Exception as err:
+        errors.append(err)
+        raise
+
+
 def train_tokenizer(documents, output_prefix, vocab_size: int, model_type: str = "bpe",
                     input_sentence_size: int = 1_000_000, seed: int = 0) -> Path:
     """Train on an iterable of documents; write PREFIX.model atomically and return its path.
@@ -105,11 +119,17 @@ def train_tokenizer(documents, output_prefix, vocab_size: int, model_type: str =
 
     if model_type not in ("bpe", "unigram"):
         raise DataError(f"tokenizer model type {model_type!r} is not one of bpe, unigram")
+    if vocab_size < MIN_VOCAB_SIZE:
+        raise DataError(f"tokenizer vocab size {vocab_size} is too small; expected at least {MIN_VOCAB_SIZE} "
+                        "(256 byte-fallback pieces, 4 special ids, the newline piece and one character)")
+    if input_sentence_size < 1:
+        raise DataError(f"input sentence size {input_sentence_size}: expected a positive number of lines to sample")
     sentencepiece.set_random_generator_seed(seed)
     model = io.BytesIO()
+    reader_errors = []
     try:
         sentencepiece.SentencePieceTrainer.train(
-            sentence_iterator=training_sentences(documents), model_writer=model,
+            sentence_iterator=remembering_errors(training_sentences(documents), reader_errors), model_writer=model,
             vocab_size=vocab_size, model_type=model_type, **SPECIAL_IDS,
             normalization_rule_name="identity", add_dummy_prefix=False, remove_extra_whitespaces=False,
             split_digits=True, byte_fallback=True, user_defined_symbols=["\n"], allow_whitespace_only_pieces=True,
@@ -117,6 +137,8 @@ def train_tokenizer(documents, output_prefix, vocab_size: int, model_type: str =
             train_extremely_large_corpus=False, num_threads=os.cpu_count() or 1, minloglevel=2,
         )
     except RuntimeError as err:
+        if reader_errors:
+            raise reader_errors[0] from None
         message = str(err).strip().splitlines()[-1]
         raise DataError(f"{output_prefix}.model: sentencepiece training failed: {message}") from None
     model_path = Path(f"{output_prefix}.model")

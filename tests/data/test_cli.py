@@ -25,3 +25,16 @@ def test_bad_input_is_one_line_without_traceback(tmp_path, capsys):
     assert err == f"sa-megatron tokenizer: error: {missing}: no such file; expected a text or JSONL corpus file\n"
     assert main(["data", "inspect", str(tmp_path / "nothing")]) == 2
     assert "nothing.idx: no such file" in capsys.readouterr().err
+
+
+def test_corpus_error_in_tokenizer_training_is_one_line(tmp_path, capsys):
+    jsonl = tmp_path / "x.jsonl"
+    jsonl.write_text('{"text": "hello world"}\n{"body": "no text"}\n')
+    assert main(["tokenizer", "train", "--input", str(jsonl), "--vocab-size", "300", "--output", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == (f"sa-megatron tokenizer: error: {jsonl}: the JSON line at byte offset 24 has no "
+                                       "string field 'text' (see --json-key)\n")
+    for option, value in (("--vocab-size", "0"), ("--input-sentence-size", "-1")):
+        args = ["tokenizer", "train", "--input", str(jsonl), "--vocab-size", "300", "--output", str(tmp_path / "o")]
+        assert main(args + [option, value]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("sa-megatron tokenizer: error: ") and len(err.splitlines()) == 1 and value in err

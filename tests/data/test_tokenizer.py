@@ -97,3 +97,29 @@ def test_vocab_too_large_for_corpus(tmp_path):
     tiny.write_text("a few words only\n")
     with pytest.raises(DataError, match="sentencepiece training failed"):
         train_tokenizer(CorpusReader([tiny]), tmp_path / "t", 5000, "bpe")
+
+
+def test_corpus_error_during_training_surfaces_as_itself(tmp_path, gutenberg_files):
+    """A reader error after the first document is raised inside sentencepiece's iterator; it must not be hidden."""
+    lines = gutenberg_files[0].read_text(encoding="utf-8-sig").splitlines()[:2000]
+    jsonl = tmp_path / "docs.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"text": line}) for line in lines if line) + '\n{"body": "no text"}\n')
+    with pytest.raises(DataError, match=f"{jsonl}: the JSON line at byte offset \\d+ has no string field 'text'"):
+        train_tokenizer(CorpusReader([jsonl]), tmp_path / "t", 300, "bpe")
+    assert not (tmp_path / "t.model").exists()
+
+
+@pytest.mark.parametrize("vocab_size", [0, -5, 100])
+def test_vocab_size_below_the_byte_pieces_is_refused_up_front(tmp_path, vocab_size):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("text\n")
+    with pytest.raises(DataError, match=f"tokenizer vocab size {vocab_size} is too small; expected at least 262"):
+        train_tokenizer(CorpusReader([corpus]), tmp_path / "t", vocab_size, "bpe")
+
+
+@pytest.mark.parametrize("size", [0, -1])
+def test_input_sentence_size_must_be_positive(tmp_path, size):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("text\n")
+    with pytest.raises(DataError, match=f"input sentence size {size}: expected a positive number of lines"):
+        train_tokenizer(CorpusReader([corpus]), tmp_path / "t", 300, "bpe", input_sentence_size=size)
