@@ -16,7 +16,8 @@ from sa_megatron.errors import DataError
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1
 HEADER = struct.Struct("<9sQBQQ")
-DTYPE_CODES = {1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 6: np.float64, 7: np.float32, 8: np.uint16}
+# Megatron's dtype codes for the integer types; its 6 and 7 (float64, float32) cannot hold token ids.
+DTYPE_CODES = {1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 8: np.uint16}
 CODE_OF_DTYPE = {np.dtype(dtype): code for code, dtype in DTYPE_CODES.items()}
 
 
@@ -49,10 +50,15 @@ class IndexedDataset:
             if not path.is_file():
                 raise DataError(f"{path}: no such file; expected a dataset written by `sa-megatron data preprocess`")
         self._read_index(idx_path)
-        needed = int(self.pointers[-1]) + int(self.sizes[-1]) * self.dtype.itemsize if len(self.sizes) else 0
+        # Megatron's .bin is exactly the documents back to back: any other size means a .bin from another run.
+        needed = self.num_tokens * self.dtype.itemsize
         actual = bin_path.stat().st_size
-        if actual < needed:
-            raise DataError(f"{bin_path}: .bin is shorter than the index claims ({actual} bytes, expected {needed})")
+        if actual != needed:
+            raise DataError(
+                f"{bin_path} holds {actual} bytes but {idx_path} describes {needed} ({self.num_tokens} "
+                f"{self.dtype.name} tokens); the two files come from different preprocess runs or one is damaged; "
+                "preprocess again"
+            )
         self.tokens = np.memmap(bin_path, dtype=self.dtype, mode="r") if needed else np.empty(0, self.dtype)
 
     def _read_index(self, idx_path: Path) -> None:
@@ -60,8 +66,11 @@ class IndexedDataset:
         if len(data) < HEADER.size:
             raise DataError(f"{idx_path}: truncated .idx ({len(data)} bytes, shorter than the {HEADER.size}-byte header)")
         magic, version, code, count, doc_count = HEADER.unpack(bytes(data[: HEADER.size]))
-        if magic != MAGIC or version != VERSION or code not in DTYPE_CODES:
-            raise DataError(f"{idx_path}: not a Megatron mmap index (expected magic {MAGIC!r}, version {VERSION}, a known dtype)")
+        if magic != MAGIC or version != VERSION:
+            raise DataError(f"{idx_path}: not a Megatron mmap index (expected magic {MAGIC!r}, version {VERSION})")
+        if code not in DTYPE_CODES:
+            expected = ", ".join(f"{c} ({np.dtype(dtype).name})" for c, dtype in DTYPE_CODES.items())
+            raise DataError(f"{idx_path}: dtype code {code} is not an integer token dtype; expected one of {expected}")
         expected = HEADER.size + count * (4 + 8) + doc_count * 8
         if len(data) < expected:
             raise DataError(f"{idx_path}: truncated .idx ({len(data)} bytes, the header promises {expected})")

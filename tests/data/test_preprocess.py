@@ -101,11 +101,29 @@ def test_truncated_index(make_dataset):
         IndexedDataset(prefix)
 
 
-def test_bin_shorter_than_index_claims(make_dataset):
+def test_bin_must_hold_exactly_what_the_index_describes(make_dataset, tmp_path):
     prefix = make_dataset([[1, 2, 3], [4, 5]])
-    bin_path = Path(f"{prefix}.bin")
-    bin_path.write_bytes(bin_path.read_bytes()[:-2])
-    with pytest.raises(DataError, match=f"{bin_path}: .bin is shorter than the index claims .8 bytes, expected 10"):
+    bin_path, idx_path = Path(f"{prefix}.bin"), Path(f"{prefix}.idx")
+    original = bin_path.read_bytes()
+    for size in (8, 9, 12, 11):  # short, not a whole token, a .bin from another preprocess run (longer)
+        bin_path.write_bytes((original * 2)[:size])
+        with pytest.raises(DataError, match=f"{bin_path} holds {size} bytes but {idx_path} describes 10 "
+                                            r"\(5 uint16 tokens\); the two files come from different preprocess runs"):
+            IndexedDataset(prefix)
+    bin_path.write_bytes(original)
+    assert IndexedDataset(prefix).get(1).tolist() == [4, 5]
+
+
+@pytest.mark.parametrize("code", [6, 7, 9])  # Megatron's float64, float32, and no dtype at all
+def test_index_dtype_must_be_an_integer_token_type(make_dataset, code):
+    prefix = make_dataset([[1, 2, 3]])
+    idx_path = Path(f"{prefix}.idx")
+    data = bytearray(idx_path.read_bytes())
+    data[17] = code  # the dtype byte follows the 9-byte magic and the u64 version
+    idx_path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=f"{idx_path}: dtype code {code} is not an integer token dtype; "
+                                        r"expected one of 1 \(uint8\), 2 \(int8\), 3 \(int16\), 4 \(int32\), "
+                                        r"5 \(int64\), 8 \(uint16\)"):
         IndexedDataset(prefix)
 
 
