@@ -53,4 +53,9 @@ def inspect_command(args) -> None:
         tokenizer = load_tokenizer(args.tokenizer)
         if sidecar and sidecar["tokenizer_sha256"] != tokenizer.sha256:
             raise DataError(f"{args.tokenizer}: not the tokenizer that built {args.prefix} (sha256 differs)")
-        print(f"sample (first {SAMPLE_TOKENS} tokens of document 0): {tokenizer.decode(dataset.get(0)[:SAMPLE_TOKENS])!r}")
+        sample = dataset.get(0)[:SAMPLE_TOKENS]
+        outside = sample[(sample < 0) | (sample >= tokenizer.vocab_size)]
+        if len(outside):  # data from other tools has no sidecar naming its tokenizer
+            raise DataError(f"{args.prefix}.bin: token id {outside[0]} in document 0 is outside {args.tokenizer}'s "
+                            f"vocabulary of {tokenizer.vocab_size} ids; inspect with the tokenizer that built the data")
+        print(f"sample (first {SAMPLE_TOKENS} tokens of document 0): {tokenizer.decode(sample)!r}")

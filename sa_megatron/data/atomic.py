@@ -5,6 +5,8 @@ import os
 import secrets
 from pathlib import Path
 
+from sa_megatron.errors import DataError
+
 
 @contextlib.contextmanager
 def atomic_paths(*targets):
@@ -17,14 +19,25 @@ def atomic_paths(*targets):
     temps = []
     try:
         for target in map(Path, targets):
-            target.parent.mkdir(parents=True, exist_ok=True)
-            temps.append(unique_temp_path(target))
+            temps.append(create_temp_beside(target))
         yield temps
         for temp, target in zip(temps, targets):
             os.replace(temp, target)
     finally:
         for temp in temps:
             temp.unlink(missing_ok=True)
+
+
+def create_temp_beside(target: Path) -> Path:
+    """Create target's folder and an empty temp in it, so an unwritable path fails now, named, not after the work."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temp = unique_temp_path(target)
+        temp.touch(exist_ok=False)
+    except OSError as err:
+        raise DataError(f"{target}: cannot write there ({err.strerror}: {err.filename}); "
+                        "expected a path in a writable folder") from None
+    return temp
 
 
 def unique_temp_path(target: Path) -> Path:

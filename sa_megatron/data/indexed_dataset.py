@@ -6,6 +6,7 @@ int64 document_indices[D] (sequence index where each document starts, then N). P
 sequence per document, so sequence == document here; files from Megatron's own tools read the same way.
 """
 
+import os
 import struct
 from pathlib import Path
 
@@ -48,7 +49,10 @@ class IndexedDataset:
         idx_path, bin_path = Path(f"{prefix}.idx"), Path(f"{prefix}.bin")
         for path in (idx_path, bin_path):
             if not path.is_file():
-                raise DataError(f"{path}: no such file; expected a dataset written by `sa-megatron data preprocess`")
+                stem, suffix = os.path.splitext(self.prefix)
+                hint = (f"give the dataset prefix without .bin/.idx: {stem}" if suffix in (".bin", ".idx")
+                        else "expected a dataset written by `sa-megatron data preprocess`")
+                raise DataError(f"{path}: no such file; {hint}")
         self._read_index(idx_path)
         # Megatron's .bin is exactly the documents back to back: any other size means a .bin from another run.
         needed = self.num_tokens * self.dtype.itemsize

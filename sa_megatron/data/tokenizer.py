@@ -13,7 +13,7 @@ import os
 import re
 from pathlib import Path
 
-from sa_megatron.data.atomic import write_bytes_atomic
+from sa_megatron.data.atomic import atomic_paths
 from sa_megatron.errors import DataError
 
 SPECIAL_IDS = {"unk_id": 0, "bos_id": 1, "eos_id": 2, "pad_id": 3}
@@ -126,21 +126,22 @@ def train_tokenizer(documents, output_prefix, vocab_size: int, model_type: str =
         raise DataError(f"input sentence size {input_sentence_size}: expected a positive number of lines to sample")
     sentencepiece.set_random_generator_seed(seed)
     model = io.BytesIO()
-    reader_errors = []
-    try:
-        sentencepiece.SentencePieceTrainer.train(
-            sentence_iterator=remembering_errors(training_sentences(documents), reader_errors), model_writer=model,
-            vocab_size=vocab_size, model_type=model_type, **SPECIAL_IDS,
-            normalization_rule_name="identity", add_dummy_prefix=False, remove_extra_whitespaces=False,
-            split_digits=True, byte_fallback=True, user_defined_symbols=["\n"], allow_whitespace_only_pieces=True,
-            input_sentence_size=input_sentence_size, shuffle_input_sentence=True, max_sentence_length=1 << 16,
-            train_extremely_large_corpus=False, num_threads=os.cpu_count() or 1, minloglevel=2,
-        )
-    except RuntimeError as err:
-        if reader_errors:
-            raise reader_errors[0] from None
-        message = str(err).strip().splitlines()[-1]
-        raise DataError(f"{output_prefix}.model: sentencepiece training failed: {message}") from None
     model_path = Path(f"{output_prefix}.model")
-    write_bytes_atomic(model_path, model.getvalue())
+    reader_errors = []
+    with atomic_paths(model_path) as (temp,):  # entered first, so an unwritable output fails before training
+        try:
+            sentencepiece.SentencePieceTrainer.train(
+                sentence_iterator=remembering_errors(training_sentences(documents), reader_errors), model_writer=model,
+                vocab_size=vocab_size, model_type=model_type, **SPECIAL_IDS,
+                normalization_rule_name="identity", add_dummy_prefix=False, remove_extra_whitespaces=False,
+                split_digits=True, byte_fallback=True, user_defined_symbols=["\n"], allow_whitespace_only_pieces=True,
+                input_sentence_size=input_sentence_size, shuffle_input_sentence=True, max_sentence_length=1 << 16,
+                train_extremely_large_corpus=False, num_threads=os.cpu_count() or 1, minloglevel=2,
+            )
+        except RuntimeError as err:
+            if reader_errors:
+                raise reader_errors[0] from None
+            message = str(err).strip().splitlines()[-1]
+            raise DataError(f"{model_path}: sentencepiece training failed: {message}") from None
+        temp.write_bytes(model.getvalue())
     return model_path

@@ -38,3 +38,30 @@ def test_corpus_error_in_tokenizer_training_is_one_line(tmp_path, capsys):
         assert main(args + [option, value]) == 2
         err = capsys.readouterr().err
         assert err.startswith("sa-megatron tokenizer: error: ") and len(err.splitlines()) == 1 and value in err
+
+
+def test_inspect_ids_outside_the_tokenizer(make_dataset, bpe_model, capsys):
+    prefix = make_dataset([[1, 2, 5000]])  # no sidecar: from another tool, with ids the 1000-piece model lacks
+    assert main(["data", "inspect", prefix, "--tokenizer", str(bpe_model)]) == 2
+    assert capsys.readouterr().err.endswith(
+        f"error: {prefix}.bin: token id 5000 in document 0 is outside {bpe_model}'s vocabulary of 1000 ids; "
+        "inspect with the tokenizer that built the data\n")
+
+
+def test_inspect_hints_at_the_prefix(make_dataset, capsys):
+    prefix = make_dataset([[1, 2]])
+    for path in (f"{prefix}.idx", f"{prefix}.bin"):
+        assert main(["data", "inspect", path]) == 2
+        assert capsys.readouterr().err.endswith(f"no such file; give the dataset prefix without .bin/.idx: {prefix}\n")
+
+
+def test_preprocess_output_under_a_file(bpe_model, tmp_path, capsys):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("some text\n")
+    for output in (corpus / "x", corpus / "sub" / "x"):
+        assert main(["data", "preprocess", "--input", str(corpus), "--tokenizer", str(bpe_model),
+                     "--output-prefix", str(output)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"sa-megatron data: error: {output}.bin: cannot write there (")
+        assert err.endswith("); expected a path in a writable folder\n") and str(corpus) in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt"]

@@ -123,3 +123,10 @@ def test_input_sentence_size_must_be_positive(tmp_path, size):
     corpus.write_text("text\n")
     with pytest.raises(DataError, match=f"input sentence size {size}: expected a positive number of lines"):
         train_tokenizer(CorpusReader([corpus]), tmp_path / "t", 300, "bpe", input_sentence_size=size)
+
+
+def test_unwritable_output_fails_before_training(tmp_path):
+    tiny = tmp_path / "tiny.txt"
+    tiny.write_text("a few words only\n")  # training itself would fail: too few pieces for the vocabulary
+    with pytest.raises(DataError, match=f"{tiny}/t.model: cannot write there .File exists: {tiny}."):
+        train_tokenizer(CorpusReader([tiny]), tiny / "t", 5000, "bpe")
