@@ -5,6 +5,7 @@ folder and renamed into place, so a reader sees a complete entry or none. Since 
 an entry built for more epochs serves any request for fewer.
 """
 
+import glob
 import hashlib
 import json
 import shutil
@@ -28,7 +29,8 @@ def cache_key(description: dict, sizes: np.ndarray) -> str:
 def load_cached(cache_dir: Path, name: str, key: str, num_epochs: int):
     """The arrays of the smallest entry with at least `num_epochs` epochs (memory-mapped), or None."""
     entries = []
-    for folder in cache_dir.glob(f"{name}-{key}-*epochs"):
+    pattern = glob.escape(f"{name}-{key}-") + "*epochs"  # dataset names may hold [, * or ?
+    for folder in cache_dir.glob(pattern):
         epochs = folder.name.rsplit("-", 1)[1].removesuffix("epochs")
         if epochs.isdigit() and int(epochs) >= num_epochs:
             entries.append((int(epochs), folder))

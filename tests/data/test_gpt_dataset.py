@@ -64,6 +64,12 @@ def test_deterministic_across_rebuilds_and_cache_reuse(make_dataset, tmp_path):
     assert [other_seed[i].tolist() for i in range(5)] != [sample.tolist() for sample in first[:5]]
 
 
+def test_cache_is_found_for_prefixes_with_glob_characters(make_dataset):
+    prefix = make_dataset(random_documents(50), name="web[2024]*?")
+    train_only(prefix, 100)
+    assert isinstance(train_only(prefix, 100).sample_index, np.memmap)  # loaded from the cache, not rebuilt
+
+
 def test_sample_i_does_not_depend_on_how_many_were_requested(make_dataset):
     """What makes resuming exact: the trainer's consumed-samples counter picks up the same next batch."""
     prefix = make_dataset(random_documents(100))
