@@ -1,5 +1,7 @@
 """Where the demo's text comes from, and turning it into a tokenizer plus train/valid datasets."""
 
+import hashlib
+import json
 import os
 import urllib.error
 import urllib.request
@@ -60,22 +62,40 @@ def split_train_valid(corpus: Path, train_path: Path, valid_path: Path) -> None:
 
 def prepare_corpus(work_dir, source_dir=None, vocab_size: int = TokenizerConfig.vocab_size, model_type: str = "bpe",
                    workers: int = 2):
-    """(tokenizer .model, train prefix, valid prefix) for tinyshakespeare; steps whose outputs exist are skipped."""
+    """(tokenizer .model, train prefix, valid prefix) for tinyshakespeare.
+
+    Outputs are reused when a `.source.json` beside them says they were made from the same corpus content
+    (its sha256), so a rerun skips the work, while a changed --data / $SA_MEGATRON_DATA rebuilds them.
+    """
     work_dir = Path(work_dir)
     corpus = default_corpus_dir(source_dir) / TINYSHAKESPEARE
     if not corpus.is_file():
         raise DataError(f"{corpus}: no such file; expected the tinyshakespeare corpus in the corpus folder")
+    source = {"source": str(corpus), "sha256": hashlib.sha256(corpus.read_bytes()).hexdigest()}
+    source_record = json.dumps(source, indent=1).encode() + b"\n"
     train_text, valid_text = work_dir / "shakespeare.train.txt", work_dir / "shakespeare.valid.txt"
-    if not (train_text.is_file() and valid_text.is_file()):
+    texts_stamp = work_dir / "shakespeare.source.json"
+    if not made_from(source, texts_stamp, [train_text, valid_text]):
         split_train_valid(corpus, train_text, valid_text)
+        write_bytes_atomic(texts_stamp, source_record)
     name = f"shakespeare-{model_type}-{vocab_size}"
     tokenizer = work_dir / f"{name}.model"
-    if not tokenizer.is_file():
+    prefixes = [work_dir / f"{name}-{split}" for split in ("train", "valid")]
+    outputs = [tokenizer] + [Path(f"{prefix}{suffix}") for prefix in prefixes for suffix in (".bin", ".idx", ".json")]
+    stamp = work_dir / f"{name}.source.json"
+    if not made_from(source, stamp, outputs):
         train_tokenizer(CorpusReader([train_text], doc_boundary="blank-line"), work_dir / name, vocab_size, model_type)
-    prefixes = []
-    for split, text in (("train", train_text), ("valid", valid_text)):
-        prefix = work_dir / f"{name}-{split}"
-        if not all(Path(f"{prefix}{suffix}").is_file() for suffix in (".bin", ".idx", ".json")):
+        for prefix, text in zip(prefixes, (train_text, valid_text)):
             preprocess([text], tokenizer, prefix, workers=workers, doc_boundary="blank-line", show_progress=False)
-        prefixes.append(str(prefix))
-    return tokenizer, prefixes[0], prefixes[1]
+        write_bytes_atomic(stamp, source_record)  # last: it vouches for the files written before it
+    return tokenizer, str(prefixes[0]), str(prefixes[1])
+
+
+def made_from(source: dict, stamp: Path, outputs) -> bool:
+    """Whether every output exists and `stamp` records the same source content (an unreadable stamp: no)."""
+    try:
+        recorded = json.loads(stamp.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(recorded, dict) and recorded.get("sha256") == source["sha256"] and all(
+        Path(path).is_file() for path in outputs)

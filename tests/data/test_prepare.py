@@ -43,3 +43,22 @@ def test_prepare_corpus_is_idempotent(shared_data, tmp_path):
     stamps = [p.stat().st_mtime_ns for p in sorted(tmp_path.iterdir())]
     assert prepare_corpus(tmp_path, shared_data, vocab_size=500, workers=1) == (model, train, valid)
     assert [p.stat().st_mtime_ns for p in sorted(tmp_path.iterdir())] == stamps
+
+
+def test_prepare_corpus_rebuilds_when_the_source_changes(shared_data, tmp_path):
+    """Changing --data / $SA_MEGATRON_DATA must not reuse splits, tokenizers or datasets made from the old text."""
+    original = (shared_data / "tinyshakespeare/input.txt").read_bytes()
+    corpus = tmp_path / "corpora/tinyshakespeare/input.txt"
+    corpus.parent.mkdir(parents=True)
+    work = tmp_path / "work"
+
+    def first_train_document(vocab_size):
+        model, train, _ = prepare_corpus(work, corpus.parents[1], vocab_size=vocab_size, workers=1)
+        return load_tokenizer(model).decode(IndexedDataset(train).get(0)[:-1])  # without the EOD
+
+    for text in (original[:150_000], original[-150_000:]):
+        corpus.write_bytes(text)
+        expected = next(iter(CorpusReader([corpus], doc_boundary="blank-line")))
+        assert first_train_document(500) == expected
+        assert first_train_document(600) == expected  # a second tokenizer variant in the same folder
+        assert (work / "shakespeare.train.txt").read_text().startswith(expected)
