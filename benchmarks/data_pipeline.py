@@ -82,7 +82,7 @@ def index_table(work_dir, tokens, documents, seq_length, blend_samples):
     for label, epochs in (("1 epoch", 1), ("3 epochs", 3)):
         for state in ("cold (build + cache)", "warm (load cache)"):
             start = time.perf_counter()
-            build_gpt_datasets([str(prefix)], None, "1", seq_length, 1234, (samples * epochs, 0, 0))
+            build_gpt_datasets([str(prefix)], None, "1,0,0", seq_length, 1234, (samples * epochs, 0, 0))
             print(f"{f'GPTDataset {label}, {samples * epochs:,} samples, {state}':<58} {time.perf_counter() - start:>8.2f}")
     start = time.perf_counter()
     build_blending_index([0.5, 0.3, 0.2], int(blend_samples))

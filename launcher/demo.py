@@ -10,15 +10,26 @@ import sys
 from pathlib import Path
 
 from sa_megatron.config import load_config
+from sa_megatron.errors import UserInputError
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "configs" / "runs" / "demo.yaml"
 
 
+class StepFailed(Exception):
+    """A demo step exited non-zero (`code`); it has already printed why."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
 def run(*args: str) -> None:
     command = ["sa-megatron", *args]
     print(f"\n$ {shlex.join(command)}", flush=True)
-    subprocess.run([sys.executable, "-m", "launcher.cli", *args], cwd=REPO, check=True)
+    code = subprocess.run([sys.executable, "-m", "launcher.cli", *args], cwd=REPO).returncode
+    if code != 0:
+        raise StepFailed(f"demo: `sa-megatron {args[0]}` failed with exit code {code} (its output is above)", code)
 
 
 def main(argv=None) -> int:
@@ -27,7 +38,18 @@ def main(argv=None) -> int:
     parser.add_argument("--work-dir", default="runs/demo", help="where data, checkpoints and logs go")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     args = parser.parse_args(argv)
+    try:
+        demo(args)
+    except UserInputError as err:
+        print(f"demo: error: {err}", file=sys.stderr)
+        return 2
+    except StepFailed as err:
+        print(err, file=sys.stderr)
+        return err.code
+    return 0
 
+
+def demo(args) -> None:
     from sa_megatron.data import default_corpus_dir, prepare_corpus
 
     work = REPO / args.work_dir
@@ -52,7 +74,6 @@ def main(argv=None) -> int:
     tensorboard_cli = Path(sys.executable).parent / "tensorboard"
     print(f"\nDone. Open the TensorBoard logs with:\n  {tensorboard_cli} --logdir {tensorboard}\n"
           "and browse to http://localhost:6006")
-    return 0
 
 
 if __name__ == "__main__":

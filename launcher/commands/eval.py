@@ -1,40 +1,36 @@
 """`sa-megatron eval`: perplexity of a checkpoint at several context lengths (length extrapolation)."""
 
 import json
+from pathlib import Path
+
+from launcher.commands.arguments import positive_int, positive_ints
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("eval", help="perplexity at several context lengths")
     parser.add_argument("--load", required=True, metavar="DIR", help="checkpoint directory written by training")
     parser.add_argument("--data", required=True, metavar="PREFIX", help="evaluation corpus PREFIX.bin/.idx")
-    parser.add_argument("--lengths", required=True, type=_lengths, metavar="L1,L2,...",
+    parser.add_argument("--lengths", required=True, type=positive_ints, metavar="L1,L2,...",
                         help="window lengths in tokens, e.g. 256,512,1024")
-    parser.add_argument("--score-last", type=int, default=None, metavar="K",
+    parser.add_argument("--score-last", type=positive_int, default=None, metavar="K",
                         help="score only the last K tokens of each window (default: the whole window)")
-    parser.add_argument("--max-windows", type=int, default=None, metavar="N", help="at most N windows per length")
-    parser.add_argument("--batch-size", type=int, default=1, help="windows per forward pass")
+    parser.add_argument("--max-windows", type=positive_int, default=None, metavar="N", help="at most N windows per length")
+    parser.add_argument("--batch-size", type=positive_int, default=1, help="windows per forward pass")
     parser.add_argument("--output", metavar="FILE", help="write the results as JSON")
     parser.add_argument("--tensorboard-dir", metavar="DIR", help="write eval_length/ppl_at_{L} scalars here")
     parser.set_defaults(handler=run_eval)
 
 
-def _lengths(text: str) -> list[int]:
-    import argparse
-
-    try:
-        lengths = [int(part) for part in text.split(",")]
-    except ValueError:
-        lengths = []
-    if not lengths or min(lengths) <= 0:
-        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got '{text}'")
-    return lengths
-
-
 def run_eval(args) -> None:
+    from sa_megatron.data import check_dataset_tokenizer
+    from sa_megatron.errors import ConfigError
     from sa_megatron.eval.perplexity import load_token_stream, perplexity_at_lengths
     from sa_megatron.training.checkpoint import load_for_inference
 
-    model, config = load_for_inference(args.load)
+    if args.output and not Path(args.output).resolve().parent.is_dir():
+        raise ConfigError(f"--output {args.output}: its folder does not exist; expected a file in an existing folder")
+    model, config, tokenizer_sha256 = load_for_inference(args.load)
+    check_dataset_tokenizer(args.data, config.model.vocab_size, tokenizer_sha256)
     needed = None if args.max_windows is None else args.max_windows * max(args.lengths) + 1
     stream = load_token_stream(args.data, max_tokens=needed)
     results = perplexity_at_lengths(model, config.model, stream, args.lengths, score_last=args.score_last,

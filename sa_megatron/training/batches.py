@@ -22,8 +22,9 @@ def sample_counts(config: Config) -> tuple[int, int, int]:
     return train, valid, 0
 
 
-def build_datasets(config: Config):
-    """(train, valid) datasets; rank 0 builds the index caches first so the other ranks only read them."""
+def build_datasets(config: Config, tokenizer_sha256: str):
+    """(train, valid) datasets of data made by the run's tokenizer; rank 0 builds the index caches first so the
+    other ranks only read them."""
     from sa_megatron.data import build_gpt_datasets
 
     if not config.data.paths:
@@ -33,7 +34,7 @@ def build_datasets(config: Config):
         return build_gpt_datasets(
             config.data.paths, config.data.weights, config.data.split, config.model.seq_length,
             config.training.seed, num_samples=sample_counts(config), cache_dir=config.data.cache_dir,
-            vocab_size=config.model.vocab_size,
+            vocab_size=config.model.vocab_size, tokenizer_sha256=tokenizer_sha256,
         )
 
     failure = None

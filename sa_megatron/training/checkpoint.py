@@ -63,7 +63,7 @@ def save_checkpoint(engine, save_dir, step: int, consumed_samples: int, identity
     dist.barrier()
     engine.save_checkpoint(str(temp), tag=files.ENGINE_TAG, save_latest=False)
     files.write_json_durably(files.rng_file(temp, rank), capture_rng_state())
-    files.fsync_tree(temp)  # every rank: this covers the files it wrote itself
+    files.fsync_tree(temp)  # every rank walks the whole tree: whichever files it wrote are among them
     dist.barrier()
     if rank == 0:
         metadata = {**identity, "iteration": step, "consumed_samples": consumed_samples,
@@ -101,7 +101,7 @@ def resume_latest(engine, save_dir, identity: dict) -> Optional[dict]:
 
 def check_compatible(metadata: dict, identity: dict, checkpoint: Path) -> None:
     differences = [
-        f"{key} {saved!r} (checkpoint) vs {identity[section][key]!r} (this run)"
+        f"{key} {saved!r} (checkpoint) vs {identity[section].get(key)!r} (this run)"
         for section in ("model_shape", "parallel_layout", "data_order")
         for key, saved in metadata.get(section, {}).items()
         if identity[section].get(key) != saved
@@ -138,13 +138,14 @@ def _set_aside(checkpoint: Path, reason: str) -> None:
 
 
 class Inference(NamedTuple):
-    model: torch.nn.Module  # eval mode, fp32 weights, on CPU
+    model: torch.nn.Module  # eval mode, fp32 weights
     config: Config
     tokenizer_sha256: str  # of the tokenizer the checkpoint was trained with
 
 
-def load_for_inference(load_dir) -> Inference:
-    """The model of the newest complete checkpoint in a save_dir, or of one step_N dir."""
+def load_for_inference(load_dir, device=None) -> Inference:
+    """The model of the newest complete checkpoint in a save_dir, or of one step_N dir, on `device`
+    (default: the GPU when there is one: long-context evaluation is slow on a CPU)."""
     from sa_megatron.model import build_model
 
     checkpoint = _inference_checkpoint(Path(load_dir))
@@ -160,7 +161,8 @@ def load_for_inference(load_dir) -> Inference:
         detail = (str(err).strip().splitlines() or [""])[0]
         raise CheckpointError(f"checkpoint {checkpoint} could not be loaded ({type(err).__name__}: {detail}); "
                               "pass --load SAVE_DIR/step_N to use an earlier one") from None
-    return Inference(model.float().eval(), config, tokenizer_sha256)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return Inference(model.float().eval().to(device), config, tokenizer_sha256)
 
 
 def checkpoint_tokenizer(loaded: Inference):

@@ -54,7 +54,7 @@ def _train(config: Config, stop: StopRequest) -> TrainResult:
     config, padded_vocab = resolve_vocab(config, tokenizer)
     init_distributed(config.parallel.backend)
     dp_size, dp_rank = data_parallel_size(config, dist.get_world_size()), dist.get_rank()
-    train_data, valid_data = build_datasets(config)
+    train_data, valid_data = build_datasets(config, tokenizer.sha256)
 
     seed_everything(config.training.seed)
     engine = build_engine(build_model(config.model, padded_vocab), config, dp_size)

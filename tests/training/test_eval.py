@@ -157,6 +157,9 @@ def test_bad_sampling_options_are_user_errors(rope_model):
     model, _ = rope_model
     with pytest.raises(UserInputError, match="top_p"):
         generate_tokens(model, [1], max_new_tokens=1, vocab_size=VOCAB, top_p=0.0)
+    for temperature in (float("nan"), float("inf"), 1e-45, -1.0):
+        with pytest.raises(UserInputError, match="temperature 0 .greedy. or in"):
+            generate_tokens(model, [1], max_new_tokens=1, vocab_size=VOCAB, temperature=temperature)
 
 
 # --- the CLI end to end: a real 4-step training run (DeepSpeed, own process), then eval and generate -----------
@@ -202,8 +205,32 @@ def test_cli_eval_reports_bad_arguments_in_one_line(trained_run, capsys):
     save_dir, prefix = trained_run
     assert main(["eval", "--load", save_dir, "--data", prefix, "--lengths", "16", "--score-last", "20"]) == 2
     assert "(--score-last) must be in [1, 16]" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["eval", "--load", save_dir, "--data", prefix, "--lengths", "16,abc"])
+    for bad in (["--lengths", "16,abc"], ["--lengths", "16", "--batch-size", "0"],
+                ["--lengths", "16", "--max-windows", "-2"]):
+        with pytest.raises(SystemExit):
+            main(["eval", "--load", save_dir, "--data", prefix, *bad])
+        assert "positive integer" in capsys.readouterr().err
+    # Options are checked for every length before the first one is evaluated.
+    assert main(["eval", "--load", save_dir, "--data", prefix, "--lengths", "32,16", "--score-last", "20"]) == 2
+    assert capsys.readouterr().out == ""
+    assert main(["eval", "--load", save_dir, "--data", prefix, "--lengths", "16",
+                 "--output", "/no/such/folder/x.json"]) == 2
+    assert "its folder does not exist" in capsys.readouterr().err
+
+
+def test_cli_eval_refuses_data_of_another_tokenizer(trained_run, tmp_path, capsys):
+    from sa_megatron.data.corpus import CorpusReader
+    from sa_megatron.data.preprocess import preprocess
+    from sa_megatron.data.tokenizer import train_tokenizer
+    from tests.training.tiny_run import corpus_text
+
+    save_dir, _ = trained_run
+    text = tmp_path / "corpus.txt"
+    text.write_text(corpus_text(), encoding="utf-8")
+    other = train_tokenizer(CorpusReader([text], doc_boundary="blank-line"), tmp_path / "other", vocab_size=400)
+    preprocess([text], other, tmp_path / "other-data", doc_boundary="blank-line", show_progress=False)
+    assert main(["eval", "--load", save_dir, "--data", str(tmp_path / "other-data"), "--lengths", "16"]) == 2
+    assert "different tokenizer" in capsys.readouterr().err
 
 
 def test_cli_generate_is_deterministic_when_greedy(trained_run, capsys):
