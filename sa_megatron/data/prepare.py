@@ -21,14 +21,16 @@ TRAIN_FRACTION = 0.9
 
 
 def default_corpus_dir(explicit=None) -> Path:
-    """The folder holding the corpora: explicit, else $SA_MEGATRON_DATA, else ../shared/data, else a download."""
+    """The folder holding the corpora: explicit, else $SA_MEGATRON_DATA, else ../shared/data when it holds
+    tinyshakespeare, else a download."""
     for candidate, origin in ((explicit, "the given corpus folder"), (os.environ.get("SA_MEGATRON_DATA"), "$SA_MEGATRON_DATA")):
         if candidate:
             if not Path(candidate).is_dir():
                 raise DataError(f"{candidate}: no such folder ({origin}); expected a folder of corpora")
             return Path(candidate)
     shared = REPO_ROOT.parent / "shared" / "data"
-    if shared.is_dir():
+    # The file, not just the folder: Docker creates a missing bind-mount source as an empty folder.
+    if (shared / TINYSHAKESPEARE).is_file():
         return shared
     return download_tinyshakespeare()
 

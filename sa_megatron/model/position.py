@@ -51,7 +51,8 @@ class KerpleLogBias(nn.Module):
     """Learned per-head Kerple-log parameters: bias_ij = -p_h · log(1 + a_h · (i - j)) (applied by the kernels).
 
     Initialized U(0, 2) and U(0, 1); `forward` returns them clamped to ≥ 0.01 so the bias stays a valid
-    (conditionally positive definite) kernel while the raw parameters remain free for the optimizer.
+    (conditionally positive definite) kernel. The clamp passes the gradient through unchanged (straight-through):
+    a plain clamp has zero gradient below the bound, so a parameter starting or pushed there would never move again.
     """
 
     MIN_VALUE = 0.01
@@ -62,7 +63,20 @@ class KerpleLogBias(nn.Module):
         self.kerple_a = nn.Parameter(torch.empty(num_heads).uniform_(0.0, 1.0)[local_heads].clone())
 
     def forward(self):
-        return self.kerple_p.clamp(min=self.MIN_VALUE), self.kerple_a.clamp(min=self.MIN_VALUE)
+        return (_ClampMinPassingGradient.apply(self.kerple_p, self.MIN_VALUE),
+                _ClampMinPassingGradient.apply(self.kerple_a, self.MIN_VALUE))
+
+
+class _ClampMinPassingGradient(torch.autograd.Function):
+    """`x.clamp(min=minimum)` exactly in value, with the identity's gradient."""
+
+    @staticmethod
+    def forward(ctx, x, minimum):
+        return x.clamp(min=minimum)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
 
 
 class DapeScoreMLP(nn.Module):

@@ -29,6 +29,17 @@ def test_offline_download_is_a_clear_error(tmp_path, monkeypatch):
     assert not (tmp_path / ".cache/sa-megatron/tinyshakespeare/input.txt").exists()
 
 
+def test_an_empty_shared_folder_is_not_a_corpus(tmp_path, monkeypatch):
+    # What Docker leaves when the bind-mounted ../shared/data is missing on the host: an empty folder.
+    monkeypatch.delenv("SA_MEGATRON_DATA", raising=False)
+    monkeypatch.setattr(prepare, "REPO_ROOT", tmp_path / "repo")
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    monkeypatch.setattr(prepare, "TINYSHAKESPEARE_URL", "http://127.0.0.1:9/input.txt")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(DataError, match="could not download"):  # it goes on to the download instead
+        default_corpus_dir()
+
+
 def test_prepare_corpus_is_idempotent(shared_data, tmp_path):
     model, train, valid = prepare_corpus(tmp_path, shared_data, vocab_size=500, workers=1)
     train_text = (tmp_path / "shakespeare.train.txt").read_bytes()

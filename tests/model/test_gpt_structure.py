@@ -77,6 +77,19 @@ def test_kerple_parameters_get_gradients_and_are_clamped():
     torch.testing.assert_close(model(tokens), clamped, rtol=0, atol=0)
 
 
+def test_kerple_parameters_below_the_floor_still_learn():
+    torch.manual_seed(0)
+    model = build_model(tiny_config(position_encoding="kerple", attention="sa"), VOCAB)
+    kerples = [m for m in model.modules() if isinstance(m, KerpleLogBias)]
+    with torch.no_grad():
+        for kerple in kerples:
+            kerple.kerple_p[0], kerple.kerple_a[0] = -1.0, 0.005
+    tokens = random_tokens()
+    language_model_loss(model(tokens), tokens).backward()
+    for kerple in kerples:
+        assert kerple.kerple_p.grad[0] != 0 and kerple.kerple_a.grad[0] != 0
+
+
 def test_kerple_parameters_start_uniform():
     torch.manual_seed(0)
     kerple = KerpleLogBias(4096, slice(None))
