@@ -6,10 +6,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-all install clean
 
+# TORCH_INDEX: an index to take torch from, e.g. https://download.pytorch.org/whl/cpu for the small CPU-only build
+# (PyPI's Linux torch is the CUDA build, a few GB).
 $(STAMP): pyproject.toml requirements/cpu.txt
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/pip || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -r requirements/cpu.txt
+	$(BIN)/pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) -r requirements/cpu.txt
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
@@ -24,5 +26,6 @@ test: $(STAMP)
 test-all: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m '' $(PYTEST_ARGS)
 
+# Removes the environment only: runs/ holds checkpoints and logs.
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV)

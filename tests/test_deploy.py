@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,9 +27,17 @@ def test_compose_files_are_valid_and_wire_tensorboard():
     cpu = run("docker-compose", "-f", "docker-compose.yml", "config", cwd=REPO / "docker")
     assert cpu.returncode == 0, cpu.stderr
     assert "tensorboard" in cpu.stdout and "6006" in cpu.stdout and "nvidia" not in cpu.stdout
+    services = yaml.safe_load(cpu.stdout)["services"]
+    # Every service builds the image itself: one without `build` would be pulled from a registry, where it is not.
+    assert all(service["build"]["dockerfile"] == "docker/Dockerfile" for service in services.values()), services
     gpu = run("docker-compose", "-f", "docker-compose.yml", "-f", "docker-compose.gpu.yml", "config", cwd=REPO / "docker")
     assert gpu.returncode == 0, gpu.stderr
     assert "driver: nvidia" in gpu.stdout
+
+
+def test_docker_build_context_leaves_out_environments_and_checkpoints():
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert {".git", ".venv", "runs"} <= set(ignored), ignored
 
 
 def test_sbatch_script_parses_and_maps_slurm_ranks():

@@ -13,6 +13,8 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
+pytest.importorskip("triton", reason="triton is not installed (it has wheels for Linux only)")
+
 from kernels import triton_common  # noqa: E402
 from kernels.triton_attention import triton_attention  # noqa: E402
 from tests.kernels.reference import (assert_backend_matches_reference, make_inputs, outputs_and_grads,  # noqa: E402
