@@ -39,10 +39,10 @@ def preprocess_command(args) -> None:
 
 
 def inspect_command(args) -> None:
+    from sa_megatron.data import check_dataset_tokenizer
     from sa_megatron.data.indexed_dataset import IndexedDataset
     from sa_megatron.data.preprocess import read_sidecar
     from sa_megatron.data.tokenizer import load_tokenizer
-    from sa_megatron.errors import DataError
 
     dataset = IndexedDataset(args.prefix)
     print(f"{args.prefix}: {len(dataset)} documents, {dataset.num_tokens} tokens, dtype {dataset.dtype.name}")
@@ -51,11 +51,6 @@ def inspect_command(args) -> None:
         print(f"tokenizer: vocab_size={sidecar['vocab_size']} sha256={sidecar['tokenizer_sha256']}")
     if args.tokenizer and len(dataset):
         tokenizer = load_tokenizer(args.tokenizer)
-        if sidecar and sidecar["tokenizer_sha256"] != tokenizer.sha256:
-            raise DataError(f"{args.tokenizer}: not the tokenizer that built {args.prefix} (sha256 differs)")
-        sample = dataset.get(0)[:SAMPLE_TOKENS]
-        outside = sample[(sample < 0) | (sample >= tokenizer.vocab_size)]
-        if len(outside):  # data from other tools has no sidecar naming its tokenizer
-            raise DataError(f"{args.prefix}.bin: token id {outside[0]} in document 0 is outside {args.tokenizer}'s "
-                            f"vocabulary of {tokenizer.vocab_size} ids; inspect with the tokenizer that built the data")
-        print(f"sample (first {SAMPLE_TOKENS} tokens of document 0): {tokenizer.decode(sample)!r}")
+        check_dataset_tokenizer(args.prefix, tokenizer.vocab_size, tokenizer.sha256)
+        print(f"sample (first {SAMPLE_TOKENS} tokens of document 0): "
+              f"{tokenizer.decode(dataset.get(0)[:SAMPLE_TOKENS])!r}")

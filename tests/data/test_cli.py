@@ -3,7 +3,7 @@
 from launcher.cli import main
 
 
-def test_train_preprocess_inspect(shared_data, tmp_path, capsys):
+def test_train_preprocess_inspect(shared_data, bpe_model, tmp_path, capsys):
     alice = str(shared_data / "gutenberg/alice_in_wonderland_pg11.txt")
     model = tmp_path / "alice"
     assert main(["tokenizer", "train", "--input", alice, "--vocab-size", "500", "--model-type", "unigram",
@@ -16,6 +16,9 @@ def test_train_preprocess_inspect(shared_data, tmp_path, capsys):
     assert main(["data", "inspect", str(prefix), "--tokenizer", f"{model}.model"]) == 0
     out = capsys.readouterr().out
     assert "documents" in out and "dtype uint16" in out and "Project Gutenberg" in out
+    # The sidecar names the tokenizer: inspecting with another one (same vocab size or not) is refused.
+    assert main(["data", "inspect", str(prefix), "--tokenizer", str(bpe_model)]) == 2
+    assert "tokenized with a different tokenizer" in capsys.readouterr().err
 
 
 def test_bad_input_is_one_line_without_traceback(tmp_path, capsys):
@@ -44,8 +47,8 @@ def test_inspect_ids_outside_the_tokenizer(make_dataset, bpe_model, capsys):
     prefix = make_dataset([[1, 2, 5000]])  # no sidecar: from another tool, with ids the 1000-piece model lacks
     assert main(["data", "inspect", prefix, "--tokenizer", str(bpe_model)]) == 2
     assert capsys.readouterr().err.endswith(
-        f"error: {prefix}.bin: token id 5000 in document 0 is outside {bpe_model}'s vocabulary of 1000 ids; "
-        "inspect with the tokenizer that built the data\n")
+        f"error: {prefix}.bin: the data was tokenized with a vocabulary of 5001 ids, larger than the tokenizer's "
+        "1000; preprocess it again with the run's tokenizer\n")
 
 
 def test_inspect_hints_at_the_prefix(make_dataset, capsys):
