@@ -10,8 +10,9 @@ from sa_megatron.training.distributed import TORCHRUN_VARS
 
 SHARED_DATA = Path(demo.REPO).parent / "shared" / "data"
 
-pytestmark = pytest.mark.skipif(not (os.environ.get("SA_MEGATRON_DATA") or SHARED_DATA.is_dir()),
-                                reason="no local corpus: the demo would download tinyshakespeare")
+pytestmark = pytest.mark.skipif(
+    not (os.environ.get("SA_MEGATRON_DATA") or (SHARED_DATA / "tinyshakespeare" / "input.txt").is_file()),
+    reason="no local corpus: the demo would download tinyshakespeare")
 
 
 def test_demo_trains_evaluates_samples_and_reports_failures_in_one_line(tmp_path, capfd, monkeypatch):

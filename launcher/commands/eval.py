@@ -1,7 +1,7 @@
 """`sa-megatron eval`: perplexity of a checkpoint at several context lengths (length extrapolation)."""
 
+import contextlib
 import json
-from pathlib import Path
 
 from launcher.commands.arguments import positive_int, positive_ints
 
@@ -23,27 +23,28 @@ def register(subparsers) -> None:
 
 def run_eval(args) -> None:
     from sa_megatron.data import check_dataset_tokenizer
-    from sa_megatron.errors import ConfigError
+    from sa_megatron.data.atomic import atomic_paths
     from sa_megatron.eval.perplexity import load_token_stream, perplexity_at_lengths
     from sa_megatron.training.checkpoint import load_for_inference
 
-    if args.output and not Path(args.output).resolve().parent.is_dir():
-        raise ConfigError(f"--output {args.output}: its folder does not exist; expected a file in an existing folder")
-    model, config, tokenizer_sha256 = load_for_inference(args.load)
-    check_dataset_tokenizer(args.data, config.model.vocab_size, tokenizer_sha256)
-    needed = None if args.max_windows is None else args.max_windows * max(args.lengths) + 1
-    stream = load_token_stream(args.data, max_tokens=needed)
-    results = perplexity_at_lengths(model, config.model, stream, args.lengths, score_last=args.score_last,
-                                    batch_size=args.batch_size, max_windows=args.max_windows)
+    with contextlib.ExitStack() as stack:
+        # Entered first, so an unwritable --output fails before the evaluation; the JSON appears whole or not at all.
+        output = stack.enter_context(atomic_paths(args.output))[0] if args.output else None
+        loaded = load_for_inference(args.load)
+        check_dataset_tokenizer(args.data, loaded.config.model.vocab_size, loaded.tokenizer_sha256)
+        needed = None if args.max_windows is None else args.max_windows * max(args.lengths) + 1
+        stream = load_token_stream(args.data, max_tokens=needed)
+        results = perplexity_at_lengths(loaded.model, loaded.config.model, stream, args.lengths,
+                                        score_last=args.score_last, batch_size=args.batch_size,
+                                        max_windows=args.max_windows)
 
-    print(f"{'length':>8} {'windows':>8} {'tokens':>10} {'nll':>8} {'ppl':>10}")
-    for r in results:
-        print(f"{r.length:>8} {r.windows:>8} {r.scored_tokens:>10} {r.mean_nll:>8.4f} {r.ppl:>10.2f}")
-    if args.output:
-        report = {"load": args.load, "data": args.data, "train_seq_length": config.model.seq_length,
-                  "score_last": args.score_last, "results": [r.as_dict() for r in results]}
-        with open(args.output, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2)
+        print(f"{'length':>8} {'windows':>8} {'tokens':>10} {'nll':>8} {'ppl':>10}")
+        for r in results:
+            print(f"{r.length:>8} {r.windows:>8} {r.scored_tokens:>10} {r.mean_nll:>8.4f} {r.ppl:>10.2f}")
+        if output:
+            report = {"load": args.load, "data": args.data, "train_seq_length": loaded.config.model.seq_length,
+                      "score_last": args.score_last, "results": [r.as_dict() for r in results]}
+            output.write_text(json.dumps(report, indent=2), encoding="utf-8")
     if args.tensorboard_dir:
         from torch.utils.tensorboard import SummaryWriter
 

@@ -68,7 +68,8 @@ class KerpleLogBias(nn.Module):
 
 
 class _ClampMinPassingGradient(torch.autograd.Function):
-    """`x.clamp(min=minimum)` exactly in value, with the identity's gradient."""
+    """`x.clamp(min=minimum)` exactly in value, with the identity's gradient (the `x + (clamp(x) - x).detach()`
+    idiom is off by rounding, so a raw value below the floor would not act exactly like the floor)."""
 
     @staticmethod
     def forward(ctx, x, minimum):

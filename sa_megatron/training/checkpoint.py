@@ -3,14 +3,13 @@
 Saving is atomic: every rank writes into `.tmp-step_N`, fsyncs, and after a barrier rank 0 writes the metadata
 and the COMPLETE marker and renames the directory to `step_N`. Resuming walks the step directories newest first
 and sets aside (renamed `damaged-step_N.T`, with a warning naming it) any that is incomplete or fails to load; one
-written for a different model shape, parallel layout or tokenizer is an error, since continuing from it would
-silently train something else.
+written for a different model shape, parallel layout, data order or tokenizer is an error, since continuing from it
+would silently train something else.
 """
 
 import contextlib
 import io
 import logging
-import shutil
 import subprocess
 from pathlib import Path
 from typing import NamedTuple, Optional
@@ -58,7 +57,7 @@ def save_checkpoint(engine, save_dir, step: int, consumed_samples: int, identity
     temp, final = save_dir / files.temp_dir_name(step), save_dir / files.step_dir_name(step)
     rank = dist.get_rank()
     if rank == 0:
-        shutil.rmtree(temp, ignore_errors=True)  # left by a run that died while saving
+        files.remove_unfinished_saves(save_dir)
         (temp / "rng").mkdir(parents=True)
     dist.barrier()
     engine.save_checkpoint(str(temp), tag=files.ENGINE_TAG, save_latest=False)

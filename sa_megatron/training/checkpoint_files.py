@@ -110,10 +110,14 @@ def publish(temp: Path, final: Path) -> None:
     fsync_dir(final.parent)
 
 
-def prune(save_dir: Path, keep_last: int) -> None:
-    """Delete step directories older than the `keep_last` newest complete ones, and saves that died half-written."""
+def remove_unfinished_saves(save_dir: Path) -> None:
+    """Delete every `.tmp-step_N`: what saves that died half-way left behind (none is running: callers own the dir)."""
     for leftover in save_dir.glob(f"{TEMP_PREFIX}*"):
         shutil.rmtree(leftover)
+
+
+def prune(save_dir: Path, keep_last: int) -> None:
+    """Delete step directories older than the `keep_last` newest complete ones."""
     complete = [p for p in step_dirs(save_dir) if is_complete(p)]
     if len(complete) <= keep_last:
         return

@@ -150,15 +150,15 @@ class _Run:
     def record_gradient_stats(self, stats: Optional[dict]) -> None:
         from deepspeed.utils import safe_get_full_grad
 
-        unscale = 1.0 / (self.loss_scale() or 1.0)  # before engine.step(), fp16 gradients carry the loss scale
         if stats is not None:
+            unscale = 1.0 / (self.loss_scale() or 1.0)  # before engine.step(), fp16 gradients carry the loss scale
             stats["qk_grad_norm"] = [(q * unscale, k * unscale)
                                      for q, k in self.engine.module.qk_grad_norms(safe_get_full_grad)]
         if self.config.parallel.zero_stage == 0:
             # DeepSpeed reports the global norm only from its ZeRO/mixed-precision optimizers; at stage 0 the
             # gradients are whole and already averaged over ranks, so the norm is local arithmetic.
             norms = [p.grad.norm() for p in self.engine.module.parameters() if p.grad is not None]
-            self.stage0_grad_norm = torch.linalg.vector_norm(torch.stack(norms)).item() * unscale
+            self.stage0_grad_norm = torch.linalg.vector_norm(torch.stack(norms)).item()
 
     def loss(self, tokens: torch.Tensor) -> torch.Tensor:
         from sa_megatron.model import language_model_loss

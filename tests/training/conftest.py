@@ -15,6 +15,19 @@ def corpus(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def other_tokenizer(tmp_path_factory):
+    """A second real tokenizer of the same text (400 pieces): data or checkpoints of `corpus` must refuse it."""
+    from sa_megatron.data.corpus import CorpusReader
+    from sa_megatron.data.tokenizer import train_tokenizer
+    from tests.training.tiny_run import corpus_text
+
+    work = tmp_path_factory.mktemp("other-tokenizer")
+    text = work / "corpus.txt"
+    text.write_text(corpus_text(), encoding="utf-8")
+    return train_tokenizer(CorpusReader([text], doc_boundary="blank-line"), work / "other", vocab_size=400)
+
+
+@pytest.fixture(scope="session")
 def one_rank_world():
     """Let `train` run inside the pytest process as rank 0 of 1; the group is torn down after the session."""
     import torch.distributed as dist

@@ -201,7 +201,7 @@ def test_cli_eval_writes_json_tensorboard_and_table(trained_run, tmp_path, capsy
     assert curve == {r["length"]: pytest.approx(r["ppl"], rel=1e-6) for r in results}
 
 
-def test_cli_eval_reports_bad_arguments_in_one_line(trained_run, capsys):
+def test_cli_eval_reports_bad_arguments_in_one_line(trained_run, tmp_path, capsys):
     save_dir, prefix = trained_run
     assert main(["eval", "--load", save_dir, "--data", prefix, "--lengths", "16", "--score-last", "20"]) == 2
     assert "(--score-last) must be in [1, 16]" in capsys.readouterr().err
@@ -213,22 +213,22 @@ def test_cli_eval_reports_bad_arguments_in_one_line(trained_run, capsys):
     # Options are checked for every length before the first one is evaluated.
     assert main(["eval", "--load", save_dir, "--data", prefix, "--lengths", "32,16", "--score-last", "20"]) == 2
     assert capsys.readouterr().out == ""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
     assert main(["eval", "--load", save_dir, "--data", prefix, "--lengths", "16",
-                 "--output", "/no/such/folder/x.json"]) == 2
-    assert "its folder does not exist" in capsys.readouterr().err
+                 "--output", str(blocker / "x.json")]) == 2
+    captured = capsys.readouterr()
+    assert "x.json: cannot write there" in captured.err and captured.out == ""  # refused before evaluating
 
 
-def test_cli_eval_refuses_data_of_another_tokenizer(trained_run, tmp_path, capsys):
-    from sa_megatron.data.corpus import CorpusReader
+def test_cli_eval_refuses_data_of_another_tokenizer(trained_run, other_tokenizer, tmp_path, capsys):
     from sa_megatron.data.preprocess import preprocess
-    from sa_megatron.data.tokenizer import train_tokenizer
     from tests.training.tiny_run import corpus_text
 
     save_dir, _ = trained_run
     text = tmp_path / "corpus.txt"
     text.write_text(corpus_text(), encoding="utf-8")
-    other = train_tokenizer(CorpusReader([text], doc_boundary="blank-line"), tmp_path / "other", vocab_size=400)
-    preprocess([text], other, tmp_path / "other-data", doc_boundary="blank-line", show_progress=False)
+    preprocess([text], other_tokenizer, tmp_path / "other-data", doc_boundary="blank-line", show_progress=False)
     assert main(["eval", "--load", save_dir, "--data", str(tmp_path / "other-data"), "--lengths", "16"]) == 2
     assert "different tokenizer" in capsys.readouterr().err
 

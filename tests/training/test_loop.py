@@ -50,14 +50,8 @@ def test_grad_norm_at_zero_stage_0_equals_deepspeeds_at_stage_1(corpus, tmp_path
         assert norms[0][step] == pytest.approx(norms[1][step], rel=1e-5)
 
 
-def test_data_made_by_another_tokenizer_is_refused(corpus, tmp_path):
-    from sa_megatron.data.corpus import CorpusReader
-    from sa_megatron.data.tokenizer import train_tokenizer
+def test_data_made_by_another_tokenizer_is_refused(corpus, other_tokenizer):
     from sa_megatron.errors import DataError
-    from tests.training.tiny_run import corpus_text
 
-    text = tmp_path / "corpus.txt"
-    text.write_text(corpus_text(), encoding="utf-8")
-    other = train_tokenizer(CorpusReader([text], doc_boundary="blank-line"), tmp_path / "other", vocab_size=400)
     with pytest.raises(DataError, match="tokenized with a different tokenizer"):
-        train(tiny_config(other, corpus[1]))
+        train(tiny_config(other_tokenizer, corpus[1]))

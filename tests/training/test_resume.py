@@ -179,17 +179,10 @@ def test_load_for_inference_of_a_damaged_checkpoint_is_an_error(save_dir, damage
         load_for_inference(save_dir)
 
 
-def test_checkpoint_tokenizer_refuses_a_different_tokenizer(saved, tmp_path):
+def test_checkpoint_tokenizer_refuses_a_different_tokenizer(saved, other_tokenizer):
     from dataclasses import replace
 
-    from sa_megatron.data.corpus import CorpusReader
-    from sa_megatron.data.tokenizer import train_tokenizer
-    from tests.training.tiny_run import corpus_text
-
     loaded = load_for_inference(saved)
-    text = tmp_path / "corpus.txt"
-    text.write_text(corpus_text(), encoding="utf-8")
-    other = train_tokenizer(CorpusReader([text], doc_boundary="blank-line"), tmp_path / "other", vocab_size=400)
-    config = replace(loaded.config, tokenizer=replace(loaded.config.tokenizer, model=str(other)))
+    config = replace(loaded.config, tokenizer=replace(loaded.config.tokenizer, model=str(other_tokenizer)))
     with pytest.raises(CheckpointError, match="not the one this checkpoint was trained with"):
         checkpoint_tokenizer(loaded._replace(config=config))
