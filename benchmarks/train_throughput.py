@@ -98,6 +98,7 @@ def trainer_tokens_per_sec(raw: dict, work: Path, warmup: int) -> float:
     (work / "run.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
     env = {name: value for name, value in os.environ.items() if name not in TORCHRUN_VARS}
     env["OMP_NUM_THREADS"] = str(torch.get_num_threads())  # the same thread count as the plain loop here
+    env["CUDA_VISIBLE_DEVICES"] = ""  # on CPU, like the plain loop, even on a GPU host
     done = subprocess.run([sys.executable, "-m", "launcher.cli", "train", str(work / "run.yaml")], cwd=REPO_ROOT,
                           env=env, capture_output=True, text=True)
     if done.returncode:

@@ -50,7 +50,7 @@ def _bhn_strides(t):
 
 class _TritonSAAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, kerple_p, kerple_a, alibi_slopes, variant, causal, scale, eps):
+    def forward(ctx, q, k, v, kerple_p, kerple_a, alibi_slopes, variant, causal, scale, eps, needs_backward):
         batch, heads, n_q, head_dim = q.shape
         kv_heads, n_k = k.shape[1], k.shape[2]
         q, k, v = _unit_last_stride(q), _unit_last_stride(k), _unit_last_stride(v)
@@ -66,7 +66,6 @@ class _TritonSAAttention(torch.autograd.Function):
         out = torch.empty_like(q)
         # State for the backward (DESIGN §6), only when one will follow; ``out`` stands in for buffers that
         # this call's kernel never touches.
-        needs_backward = any(ctx.needs_input_grad[:5])
         save_fp32_out = needs_backward and q.dtype != torch.float32
         out_f32 = out_std = lse = row_a = row_delta = argmin = argmax = out
         if needs_backward:
@@ -152,7 +151,7 @@ class _TritonSAAttention(torch.autograd.Function):
             grad_p = row_grad_p.view(batch, heads, n_q).sum(dim=(0, 2))
             grad_a = row_grad_a.view(batch, heads, n_q).sum(dim=(0, 2))
             grad_p, grad_a = grad_p.to(ctx.kerple_dtype), grad_a.to(ctx.kerple_dtype)
-        return dq, dk, dv, grad_p, grad_a, None, None, None, None, None
+        return dq, dk, dv, grad_p, grad_a, None, None, None, None, None, None
 
 
 def _check_inputs(q, k, v, variant, causal, scale, alibi_slopes, kerple, eps):
@@ -176,4 +175,9 @@ def triton_attention(q, k, v, *, variant="sa", causal=True, scale=None, alibi_sl
     # ALiBi slopes are constants (kernels/bias.py): detached, a slope that requires grad does not make ``out`` require
     # grad (as in eager / chunked), so no backward runs over buffers the forward never filled.
     slopes = None if alibi_slopes is None else alibi_slopes.detach()
-    return _TritonSAAttention.apply(q, k, v, kerple_p, kerple_a, slopes, variant, bool(causal), scale, float(eps))
+    # Decided here, not from ctx.needs_input_grad: that stays True under torch.no_grad() for leaves requiring grad,
+    # and inference would then write the backward's statistics for nothing.
+    needs_backward = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (q, k, v, kerple_p, kerple_a))
+    return _TritonSAAttention.apply(q, k, v, kerple_p, kerple_a, slopes, variant, bool(causal), scale, float(eps),
+                                    needs_backward)

@@ -189,9 +189,11 @@ def test_forward_without_grad_matches_training_forward(variant):
     # Without a backward to follow, the forward skips saving its statistics; the output must not change.
     inputs = inputs_on_device(n_q=40, head_dim=16, bias="alibi", dtype=torch.float16)
     q, k, v = inputs["q"], inputs["k"], inputs["v"]
-    with torch.no_grad():
-        inference = triton_attention(q, k, v, variant=variant, causal=True)
-    training = triton_attention(q.clone().requires_grad_(), k, v, variant=variant, causal=True)
+    leaf = q.clone().requires_grad_()
+    with torch.no_grad():  # a leaf requiring grad, as in a benchmark's or an eval's forward: still no backward
+        inference = triton_attention(leaf, k, v, variant=variant, causal=True)
+    training = triton_attention(leaf, k, v, variant=variant, causal=True)
+    assert not inference.requires_grad and training.requires_grad
     assert torch.equal(inference, training.detach())
 
 

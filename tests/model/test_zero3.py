@@ -56,4 +56,5 @@ def test_zero3_matches_the_plain_model(monkeypatch):
     # The Triton tests switch the interpreter on for this process; the ranks must not inherit it (DeepSpeed's
     # ZeRO-3 then runs Triton code interpreted, slowly, and the ranks have been seen to abort).
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # gloo on CPU; DeepSpeed would otherwise claim GPU `rank`
     mp.spawn(check_rank, args=(free_port(),), nprocs=WORLD, join=True)

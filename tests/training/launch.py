@@ -11,9 +11,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def child_env(**extra: str) -> dict:
     """This process's environment for a fresh run: without the rank variables other tests set in this process, and
-    without TRITON_INTERPRET (switched on here by the Triton tests; real runs never have it). One thread (2 cores)."""
+    without TRITON_INTERPRET (switched on here by the Triton tests; real runs never have it). One thread (2 cores),
+    and no GPU: these runs are the CPU/gloo ones, and on a GPU host rank r would otherwise claim device r."""
     env = {k: v for k, v in os.environ.items() if k not in (*TORCHRUN_VARS, "TRITON_INTERPRET")}
-    return {**env, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO, **extra}
+    return {**env, "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO, "CUDA_VISIBLE_DEVICES": "", **extra}
 
 
 def start_ranks(nproc: int, args: list[str], log_dir) -> list[subprocess.Popen]:

@@ -3,6 +3,7 @@
 import pytest
 
 from sa_megatron.training.loop import train
+from sa_megatron.training.metrics import memory_scalars
 from tests.training.tiny_run import tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_rank_world")
@@ -29,7 +30,7 @@ def test_a_real_run_writes_every_tensorboard_scalar(corpus, tmp_path):
                                "peak_tflops_per_device": 1.0}))
     written = scalars(tmp_path / "tb")
     expected = {"train/loss", "train/ppl", "train/lr", "train/grad_norm", "throughput/tokens_per_sec",
-                "throughput/tflops_per_device", "throughput/mfu", "memory/rss_gb", "eval/loss", "eval/ppl",
+                "throughput/tflops_per_device", "throughput/mfu", *memory_scalars(), "eval/loss", "eval/ppl",
                 *(f"{kind}/layer_{i}" for kind in ("attention/row_mass", "grad_norm/query", "grad_norm/key")
                   for i in range(2))}
     assert expected <= set(written), expected - set(written)

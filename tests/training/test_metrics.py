@@ -35,6 +35,8 @@ def scalars(events: EventAccumulator) -> dict:
 
 
 def test_train_scalars_and_values(tmp_path):
+    if torch.cuda.is_available():
+        torch.ones(1, device="cuda")  # so the peak allocated is above 0 even when this test runs alone
     logger = MetricsLogger(make_config(tmp_path, precision="fp16", peak=50.0), flops_per_token=6e6,
                            num_devices=2)
     logger.log_train(10, loss=4.5, lr=3e-4, grad_norm=1.25, loss_scale=65536.0, tokens=20_000, elapsed_s=4.0,
