@@ -18,7 +18,8 @@ Both tile kernels recompute s = exp(x − LSE) and, with dp = dO·vᵀ:
 import triton
 import triton.language as tl
 
-from kernels.triton_common import KERPLE, SA, SOFTMAX, autotune, causal_key_end, key_visible, score_tile
+from kernels.triton_common import (KERPLE, SA, SOFTMAX, autotune, causal_key_end, key_visible, load_bias_params,
+                                   score_tile)
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) tried on a GPU; the last of each is a small fallback (head_dim 256).
 DKDV_CONFIGS = [(64, 128, 8, 3), (32, 128, 4, 3), (64, 64, 4, 3), (32, 64, 4, 3), (16, 64, 4, 4), (16, 32, 4, 1)]
@@ -136,9 +137,7 @@ def sa_backward_dkdv_kernel(
     q_base = Q + batch * stride_qb + head.to(tl.int64) * stride_qh
     do_base = DOut + batch * stride_db + head.to(tl.int64) * stride_dh
     stats_base = bh.to(tl.int64) * N_Q
-    slope = tl.load(BiasParams + head)
-    kerple_p = tl.load(BiasParams + H + head)
-    kerple_a = tl.load(BiasParams + 2 * H + head)
+    slope, kerple_p, kerple_a = load_bias_params(BiasParams, H, head)
 
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
@@ -211,9 +210,7 @@ def sa_backward_dq_kernel(
         RowD, RowA, RowDelta, RowGa, RowGb, ArgMin, ArgMax, stats_off, row_ok, VARIANT)
     k_base = K + batch * stride_kb + kv_head * stride_kh
     v_base = V + batch * stride_vb + kv_head * stride_vh
-    slope = tl.load(BiasParams + head)
-    kerple_p = tl.load(BiasParams + H + head)
-    kerple_a = tl.load(BiasParams + 2 * H + head)
+    slope, kerple_p, kerple_a = load_bias_params(BiasParams, H, head)
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     grad_p = tl.zeros([BLOCK_M], tl.float32)

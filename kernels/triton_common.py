@@ -3,6 +3,7 @@
 - variant / bias codes (compile-time constants),
 - block-size configs: autotuned on a GPU, one small fixed config under ``TRITON_INTERPRET=1``
   (the interpreter cannot benchmark, and small tiles keep CPU tests fast),
+- ``load_bias_params``: one head's row of the (3, H) bias-parameter table,
 - ``position_bias``: ALiBi / Kerple-log from the distance ``|i - j|`` (convention of ``kernels/bias.py``),
 - ``score_tile``: the scaled, biased scores of one (query block × key block) tile.
 """
@@ -37,6 +38,12 @@ def autotune(gpu_configs, key):
         configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
                    for m, n, w, s in gpu_configs]
     return triton.autotune(configs=configs, key=key)
+
+
+@triton.jit
+def load_bias_params(BiasParams, H, head):
+    """This head's (ALiBi slope, Kerple p, Kerple a) from the (3, H) fp32 table the wrapper fills."""
+    return tl.load(BiasParams + head), tl.load(BiasParams + H + head), tl.load(BiasParams + 2 * H + head)
 
 
 @triton.jit

@@ -19,7 +19,8 @@ copy of O are saved in fp32 for the backward's row sums D = rowsum(dO ∘ O) and
 import triton
 import triton.language as tl
 
-from kernels.triton_common import SA, SOFTMAX, autotune, causal_key_end, key_visible, score_tile
+from kernels.triton_common import (SA, SOFTMAX, autotune, causal_key_end, key_visible, load_bias_params,
+                                   score_tile)
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) tried on a GPU. The last, small one keeps head_dim 256 in fp32
 # within shared memory when every larger tile is out of resources (the autotuner skips those).
@@ -65,9 +66,7 @@ def sa_forward_kernel(
 
     q = tl.load(q_base + offs_m[:, None] * stride_qn + offs_d[None, :], mask=row_ok[:, None] & d_ok[None, :],
                 other=0.0)
-    slope = tl.load(BiasParams + head)
-    kerple_p = tl.load(BiasParams + H + head)
-    kerple_a = tl.load(BiasParams + 2 * H + head)
+    slope, kerple_p, kerple_a = load_bias_params(BiasParams, H, head)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     min_i = tl.full([BLOCK_M], float("inf"), tl.float32)
