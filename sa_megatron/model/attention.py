@@ -51,9 +51,10 @@ class SelfAttention(nn.Module):
         return tuple(per_head[:, i].reshape(self.local_heads * self.head_dim, *tensor.shape[1:]) for i in range(3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, N, hidden) → (B, N, hidden)."""
-        batch, seq, _ = x.shape
-        qkv = self.qkv(x).view(batch, seq, self.local_heads, 3, self.head_dim)
+        """x: (B, N, hidden) → (B, N, hidden); (B, N/tp, hidden) both ways under sequence parallelism."""
+        qkv = self.qkv(x)  # the whole sequence, also when x is this rank's part of it (sequence parallelism)
+        batch, seq, _ = qkv.shape
+        qkv = qkv.view(batch, seq, self.local_heads, 3, self.head_dim)
         q, k, v = (qkv[:, :, :, i].transpose(1, 2) for i in range(3))  # each (B, H, N, D)
         if self.rotary is not None:
             q, k = self.rotary(q, k)

@@ -8,6 +8,8 @@ import math
 import torch
 from torch import nn
 
+from sa_megatron.parallel.layers import mark_sharded
+
 
 def alibi_slopes(num_heads: int) -> torch.Tensor:
     """ALiBi's fixed slopes (Press et al. 2022): the geometric sequence 2^(-8/n), 2^(-16/n), ... for n = num_heads
@@ -59,8 +61,9 @@ class KerpleLogBias(nn.Module):
 
     def __init__(self, num_heads: int, local_heads: slice):
         super().__init__()
-        self.kerple_p = nn.Parameter(torch.empty(num_heads).uniform_(0.0, 2.0)[local_heads].clone())
-        self.kerple_a = nn.Parameter(torch.empty(num_heads).uniform_(0.0, 1.0)[local_heads].clone())
+        # Drawn for all heads, then sliced: the same values whatever the tensor-parallel size.
+        self.kerple_p = mark_sharded(nn.Parameter(torch.empty(num_heads).uniform_(0.0, 2.0)[local_heads].clone()), 0)
+        self.kerple_a = mark_sharded(nn.Parameter(torch.empty(num_heads).uniform_(0.0, 1.0)[local_heads].clone()), 0)
 
     def forward(self):
         return (_ClampMinPassingGradient.apply(self.kerple_p, self.MIN_VALUE),

@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 
 from sa_megatron.parallel.comm import all_reduce_sum, group_size
-from sa_megatron.parallel.state import tensor_parallel_group, tensor_parallel_rank
+from sa_megatron.parallel.topology import tensor_parallel_group, tensor_parallel_rank
 
 
 class _VocabParallelCrossEntropy(torch.autograd.Function):

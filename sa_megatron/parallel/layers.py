@@ -3,6 +3,14 @@ nn.Linear / nn.Embedding math.
 
 Weights are initialized as the full (master) matrix and then sliced to this rank's shard, so a model built with the
 same seed has the same weights whatever the tensor-parallel size (Megatron's `use_cpu_initialization` behaviour).
+
+Sharded parameters carry Megatron's attributes: `tensor_model_parallel = True` (DeepSpeed then counts them on every
+tensor rank in the gradient norm, and replicated ones on tensor rank 0 only) and `partition_dim` (how checkpoints of
+different tensor-parallel sizes are merged).
+
+With sequence parallelism a column-parallel layer all-gathers its sequence-split input and a row-parallel layer
+reduce-scatters its output back to sequence shards; replicated parameters used on a sequence shard (norms, the
+row-parallel bias) see only this rank's tokens, so `replicated_on_sequence` sums their gradients over the group.
 """
 from typing import Callable
 
@@ -12,10 +20,17 @@ from torch import nn
 
 from sa_megatron.parallel.comm import (
     copy_to_tensor_parallel_region,
+    gather_from_sequence_parallel_region,
     gather_from_tensor_parallel_region,
     reduce_from_tensor_parallel_region,
+    reduce_scatter_to_sequence_parallel_region,
 )
-from sa_megatron.parallel.state import tensor_parallel_group, tensor_parallel_rank, tensor_parallel_world_size
+from sa_megatron.parallel.topology import (
+    sequence_parallel,
+    tensor_parallel_group,
+    tensor_parallel_rank,
+    tensor_parallel_world_size,
+)
 
 InitMethod = Callable[[torch.Tensor], object]
 
@@ -33,7 +48,31 @@ def sharded_parameter(full_shape: tuple, shard_dim: int, init_method: InitMethod
     init_method(master)
     local = full_shape[shard_dim] // tensor_parallel_world_size()
     start = tensor_parallel_rank() * local
-    return nn.Parameter(master.narrow(shard_dim, start, local).clone())
+    return mark_sharded(nn.Parameter(master.narrow(shard_dim, start, local).clone()), shard_dim)
+
+
+def mark_sharded(param: nn.Parameter, shard_dim: int) -> nn.Parameter:
+    param.tensor_model_parallel, param.partition_dim = True, shard_dim
+    return param
+
+
+def replicated_on_sequence(param: torch.Tensor, group) -> torch.Tensor:
+    """`param` as used on a sequence shard: under sequence parallelism its gradient is summed over the group."""
+    return copy_to_tensor_parallel_region(param, group) if sequence_parallel() and param is not None else param
+
+
+def gather_input(x: torch.Tensor, group) -> torch.Tensor:
+    """The input of a column-parallel matmul: the whole sequence on every rank, its gradient summed over the group."""
+    if sequence_parallel():
+        return gather_from_sequence_parallel_region(x, group)
+    return copy_to_tensor_parallel_region(x, group)
+
+
+def reduce_output(y: torch.Tensor, group) -> torch.Tensor:
+    """The summed partial products of a row-parallel matmul, sequence-split under sequence parallelism."""
+    if sequence_parallel():
+        return reduce_scatter_to_sequence_parallel_region(y, group)
+    return reduce_from_tensor_parallel_region(y, group)
 
 
 class ColumnParallelLinear(nn.Module):
@@ -50,10 +89,10 @@ class ColumnParallelLinear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.local_out_features = shard_size(out_features, "ColumnParallelLinear out_features")
         self.weight = sharded_parameter((out_features, in_features), 0, init_method)
-        self.bias = nn.Parameter(torch.zeros(self.local_out_features)) if bias else None
+        self.bias = mark_sharded(nn.Parameter(torch.zeros(self.local_out_features)), 0) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(copy_to_tensor_parallel_region(x, self.group), self.weight, self.bias)
+        y = F.linear(gather_input(x, self.group), self.weight, self.bias)
         return gather_from_tensor_parallel_region(y, self.group) if self.gather_output else y
 
 
@@ -70,8 +109,8 @@ class RowParallelLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = reduce_from_tensor_parallel_region(F.linear(x, self.weight), self.group)
-        return y if self.bias is None else y + self.bias
+        y = reduce_output(F.linear(x, self.weight), self.group)
+        return y if self.bias is None else y + replicated_on_sequence(self.bias, self.group)
 
 
 class VocabParallelEmbedding(nn.Module):

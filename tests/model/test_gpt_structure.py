@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sa_megatron.model import GPTModel, build_model, count_parameters, gpt_layers, language_model_loss
-from sa_megatron.model.stages import OutputStage
+from sa_megatron.model.stages import OutputHead
 from sa_megatron.model.position import KerpleLogBias, RotaryEmbedding
 from tests.model.tiny import VOCAB, random_tokens, tiny_config
 
@@ -24,26 +24,27 @@ def test_future_tokens_never_change_earlier_logits(position, variant):
     assert not torch.allclose(after[:, 9:], before[:, 9:])
 
 
-def test_gpt_layers_in_sequence_equal_the_model():
+def test_layer_specs_seed_each_layer_so_any_subset_builds_the_same_weights():
     config = tiny_config(position_encoding="kerple")
-    tokens = random_tokens()
-    torch.manual_seed(0)
-    layers = gpt_layers(config, VOCAB)
-    torch.manual_seed(0)
-    model = build_model(config, VOCAB)
-    x = tokens
-    for layer in layers:
-        x = layer(x)
-    torch.testing.assert_close(x, model(tokens), rtol=0, atol=0)
-    assert len(layers) == config.num_layers + 2
+    specs = gpt_layers(config, VOCAB)
+    assert len(specs) == config.num_layers + 4  # embedding, embedding output, blocks, final norm, head
+    model = build_model(config, VOCAB, seed=7)
+    # What a pipeline stage does: build only layer 3 with the seed of its index.
+    torch.manual_seed(7 + 3)
+    block = specs[3].build()
+    for name, param in block.named_parameters():
+        torch.testing.assert_close(param, model.get_parameter(f"3.{name}"), rtol=0, atol=0)
+    other = build_model(config, VOCAB, seed=8)
+    assert not torch.equal(other.get_parameter("3.attention.qkv.weight"), model.get_parameter("3.attention.qkv.weight"))
 
 
 def test_tied_embedding_is_one_parameter_shared_with_the_head():
     torch.manual_seed(0)
     tied = build_model(tiny_config(tie_embeddings=True), VOCAB)
     untied = build_model(tiny_config(tie_embeddings=False), VOCAB)
-    embedding, head = tied.layers[0].word_embeddings, tied.layers[-1]
-    assert isinstance(head, OutputStage) and head.output_weight() is embedding.weight
+    embedding = tied.tied_modules["word_embeddings"]
+    assert tied.forwards[0] is embedding and tied.forwards[-1].args == (embedding,)  # lookup, then the head
+    assert not any(isinstance(m, OutputHead) for m in tied.modules())
     assert count_parameters(untied) - count_parameters(tied) == VOCAB * 32
     # The shared weight's gradient gets both the lookup's and the head's contributions.
     tokens = random_tokens()
@@ -51,7 +52,7 @@ def test_tied_embedding_is_one_parameter_shared_with_the_head():
     unused_rows = torch.ones(VOCAB, dtype=torch.bool)
     unused_rows[tokens.unique()] = False
     assert embedding.weight.grad[unused_rows].abs().sum() > 0  # only the head touches rows of unseen tokens
-    assert untied.layers[-1].output_weight() is not untied.layers[0].word_embeddings.weight
+    assert isinstance(untied.forwards[-1], OutputHead) and not untied.tied_modules
 
 
 def test_kerple_parameters_get_gradients_and_are_clamped():

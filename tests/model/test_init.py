@@ -20,7 +20,8 @@ def measured_stds(init_method, output_init_method, **overrides):
     model = build_model(config, VOCAB)
     stds = {}
     for name, param in model.named_parameters():
-        kind = name.split(".", 2)[-1]  # drop "layers.<i>."
+        kind = name.split(".", 1)[-1]  # drop the layer index
+        kind = "word_embeddings.weight" if kind == "weight" else kind  # layer 0, the untied token embedding
         stds.setdefault(kind, []).append(param.detach().flatten())
     return model, {kind: torch.cat(values).std().item() for kind, values in stds.items()}
 

@@ -28,7 +28,7 @@ def test_flops_per_token_is_six_times_matmul_weights_plus_attention(mlp):
     model = build_model(config, VOCAB)
     # The matmul weights counted by hand from the built model: every 2-D weight except the embedding lookup.
     matmul_weights = sum(p.numel() for name, p in model.named_parameters()
-                         if p.ndim == 2 and "word_embeddings" not in name)
+                         if p.ndim == 2 and name != "0.weight")  # layer 0: the untied token embedding
     assert matmul_parameters(config, VOCAB) == matmul_weights
     h, L, s = config.hidden_size, config.num_layers, config.seq_length
     assert flops_per_token(config, VOCAB) == 6 * matmul_weights + 12 * L * h * s
@@ -45,7 +45,7 @@ def test_count_parameters_counts_a_tied_weight_once():
     tied = build_model(tiny_config(tie_embeddings=True), VOCAB)
     assert count_parameters(tied) == sum(p.numel() for p in {id(p): p for p in tied.parameters()}.values())
     state = tied.state_dict()
-    assert count_parameters(tied) < sum(t.numel() for t in state.values())  # the state dict names it twice
+    assert count_parameters(tied) == sum(t.numel() for t in state.values())  # one entry: the tied module
 
 
 def test_no_weight_decay_exempts_norms_biases_and_position_biases():
@@ -54,11 +54,11 @@ def test_no_weight_decay_exempts_norms_biases_and_position_biases():
     exempt = {name for name, value in decided.items() if value}
     decayed = {name for name, value in decided.items() if not value}
     assert all(p.ndim == 2 for name, p in model.named_parameters() if name in decayed)
-    assert {"layers.1.attention.kerple.kerple_p", "layers.1.attention.kerple.kerple_a",
-            "layers.1.attention.dape.fc_in.bias", "layers.1.attention_norm.weight",
-            "layers.1.attention.qkv.bias"} <= exempt
-    assert {"layers.1.attention.dape.fc_in.weight", "layers.1.attention.qkv.weight",
-            "layers.0.word_embeddings.weight"} <= decayed
+    assert {"2.attention.kerple.kerple_p", "2.attention.kerple.kerple_a",
+            "2.attention.dape.fc_in.bias", "2.attention_norm.weight",
+            "2.attention.qkv.bias"} <= exempt
+    assert {"2.attention.dape.fc_in.weight", "2.attention.qkv.weight",
+            "tied_modules.word_embeddings.weight"} <= decayed
     # The rule is by name too, for parameters that are not 1-D.
     assert no_weight_decay("x.kerple_p", torch.nn.Parameter(torch.zeros(2, 2)))
     assert no_weight_decay("x.final_norm.weight", torch.nn.Parameter(torch.zeros(2, 2)))

@@ -1,0 +1,100 @@
+"""The process topology: the one module that knows how ranks form the (pipeline, data, tensor) grid.
+
+Ranks are laid out in Megatron's order, tensor fastest, then data, then pipeline (DeepSpeed's
+`PipeModelDataParallelTopology`), so the ranks of one tensor group are consecutive and stay inside a node. Every other
+module asks this one for its groups and ranks.
+
+Until `init_topology` (training) or `set_tensor_parallel_group` (a bare model in tests) is called, the process is a
+single rank of every group: group None, rank 0, size 1, so parallel layers are plain nn.Linear / nn.Embedding math and
+every communication op is a no-op. Layers read the groups when they are built: set them before building a model.
+"""
+from typing import NamedTuple, Optional
+
+import torch.distributed as dist
+
+from sa_megatron.errors import ConfigError
+
+
+class _State(NamedTuple):
+    tensor_group: Optional[dist.ProcessGroup] = None
+    sequence_parallel: bool = False
+    grid: Optional[object] = None  # DeepSpeed's PipelineParallelGrid (its "mpu") once init_topology ran
+
+
+_state = _State()
+
+
+def init_topology(tensor_parallel: int, pipeline_parallel: int, sequence_parallel: bool = False):
+    """Build the process groups of the grid over the initialized default group; returns DeepSpeed's topology."""
+    from deepspeed.runtime.pipe.topology import PipelineParallelGrid, PipeModelDataParallelTopology
+
+    global _state
+    world = dist.get_world_size()
+    if world % (tensor_parallel * pipeline_parallel):
+        raise ConfigError(f"world size {world} is not tensor_parallel × pipeline_parallel × data_parallel = "
+                          f"{tensor_parallel} × {pipeline_parallel} × data_parallel for any whole data_parallel")
+    data_parallel = world // (tensor_parallel * pipeline_parallel)
+    topology = PipeModelDataParallelTopology(num_pp=pipeline_parallel, num_mp=tensor_parallel, num_dp=data_parallel)
+    grid = PipelineParallelGrid(topology=topology)
+    tensor_group = grid.get_slice_parallel_group() if tensor_parallel > 1 else None
+    _state = _State(tensor_group, sequence_parallel and tensor_parallel > 1, grid)
+    return topology
+
+
+def set_tensor_parallel_group(group: Optional[dist.ProcessGroup], sequence_parallel: bool = False) -> None:
+    """Make `group` the tensor-parallel group of a bare model (no data or pipeline axes; None returns to one rank)."""
+    global _state
+    _state = _State(group, sequence_parallel and group is not None and dist.get_world_size(group) > 1)
+
+
+def reset_topology() -> None:
+    global _state
+    _state = _State()
+
+
+def grid():
+    """DeepSpeed's PipelineParallelGrid, the `mpu` its engines and ZeRO read groups from (None before init)."""
+    return _state.grid
+
+
+def tensor_parallel_group() -> Optional[dist.ProcessGroup]:
+    return _state.tensor_group
+
+
+def tensor_parallel_rank() -> int:
+    return 0 if _state.tensor_group is None else dist.get_rank(_state.tensor_group)
+
+
+def tensor_parallel_world_size() -> int:
+    return 1 if _state.tensor_group is None else dist.get_world_size(_state.tensor_group)
+
+
+def sequence_parallel() -> bool:
+    """Megatron's sequence parallelism: norms, dropout and residuals see this rank's 1/tp of the sequence."""
+    return _state.sequence_parallel
+
+
+def data_parallel_rank() -> int:
+    return 0 if _state.grid is None else _state.grid.get_data_parallel_rank()
+
+
+def data_parallel_world_size() -> int:
+    return 1 if _state.grid is None else _state.grid.get_data_parallel_world_size()
+
+
+def pipeline_stage() -> int:
+    return 0 if _state.grid is None else _state.grid.get_stage_id()
+
+
+def pipeline_world_size() -> int:
+    return 1 if _state.grid is None else _state.grid.get_pipe_parallel_world_size()
+
+
+def model_parallel_group() -> Optional[dist.ProcessGroup]:
+    """All ranks holding one replica of the model (its stages × tensor shards); None for a bare model."""
+    return None if _state.grid is None else _state.grid.get_model_parallel_group()
+
+
+def is_logging_rank() -> bool:
+    """Global rank 0 logs. It is pipeline stage 0: the loss and statistics of later stages are sent to it."""
+    return not dist.is_initialized() or dist.get_rank() == 0
