@@ -15,12 +15,15 @@ def padded_vocab_size(vocab_size: int, divisible_by: int, tensor_parallel: int) 
 
 
 def data_parallel_size(config: Config, world_size: int) -> int:
-    model_parallel = config.parallel.tensor_parallel * config.parallel.pipeline_parallel
-    if world_size % model_parallel:
+    tp, pp = config.parallel.tensor_parallel, config.parallel.pipeline_parallel
+    if world_size % (tp * pp):
+        how = (f"launch a multiple of {tp * pp} ranks, e.g. torchrun --nproc_per_node {tp * pp}" if world_size < tp * pp
+               else f"launch a multiple of {tp * pp} ranks")
         raise ConfigError(
-            f"world size {world_size} is not divisible by tensor_parallel × pipeline_parallel = {model_parallel}"
+            f"world size {world_size} is not tensor_parallel × pipeline_parallel × data_parallel = "
+            f"{tp} × {pp} × data_parallel for a whole data_parallel: {how}"
         )
-    return world_size // model_parallel
+    return world_size // (tp * pp)
 
 
 def validate(config: Config, world_size: Optional[int] = None) -> None:
@@ -55,10 +58,22 @@ def validate(config: Config, world_size: Optional[int] = None) -> None:
         )
     if p.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"parallel.zero_stage must be 0, 1, 2 or 3, got {p.zero_stage}")
-    if p.pipeline_parallel > 1 and p.zero_stage >= 2:
+    if p.pipeline_parallel > 1 and p.zero_stage != 1:
+        why = ("DeepSpeed's pipeline engine supports ZeRO stage 0 or 1 only" if p.zero_stage >= 2 else
+               "at stage 0 DeepSpeed's gradient clipping counts the later stages' replicated parameters wrongly")
         raise ConfigError(
             f"parallel.zero_stage={p.zero_stage} cannot be combined with pipeline_parallel={p.pipeline_parallel}: "
-            "DeepSpeed's pipeline engine supports ZeRO stage 0 or 1 only"
+            f"{why}; use parallel.zero_stage=1"
+        )
+    if p.tensor_parallel > 1 and p.zero_stage == 3:
+        raise ConfigError(
+            f"parallel.zero_stage=3 cannot be combined with tensor_parallel={p.tensor_parallel}: its checkpoints "
+            "cannot be merged across tensor ranks; use zero_stage 1 or 2 (tensor parallelism already splits weights)"
+        )
+    if p.sequence_parallel and m.seq_length % p.tensor_parallel:
+        raise ConfigError(
+            f"parallel.sequence_parallel splits model.seq_length ({m.seq_length}) over tensor_parallel="
+            f"{p.tensor_parallel} ranks: make it a multiple of {p.tensor_parallel}"
         )
     if m.position_encoding == "dapev2-kerple":
         if m.attention_backend not in ("auto", "eager"):

@@ -31,8 +31,9 @@ def init_topology(tensor_parallel: int, pipeline_parallel: int, sequence_paralle
     global _state
     world = dist.get_world_size()
     if world % (tensor_parallel * pipeline_parallel):
-        raise ConfigError(f"world size {world} is not tensor_parallel × pipeline_parallel × data_parallel = "
-                          f"{tensor_parallel} × {pipeline_parallel} × data_parallel for any whole data_parallel")
+        raise ConfigError(f"world size {world} is not a multiple of tensor_parallel × pipeline_parallel = "
+                          f"{tensor_parallel} × {pipeline_parallel}: launch a multiple of "
+                          f"{tensor_parallel * pipeline_parallel} ranks")
     data_parallel = world // (tensor_parallel * pipeline_parallel)
     topology = PipeModelDataParallelTopology(num_pp=pipeline_parallel, num_mp=tensor_parallel, num_dp=data_parallel)
     grid = PipelineParallelGrid(topology=topology)
@@ -95,6 +96,6 @@ def model_parallel_group() -> Optional[dist.ProcessGroup]:
     return None if _state.grid is None else _state.grid.get_model_parallel_group()
 
 
-def is_logging_rank() -> bool:
-    """Global rank 0 logs. It is pipeline stage 0: the loss and statistics of later stages are sent to it."""
-    return not dist.is_initialized() or dist.get_rank() == 0
+def pipeline_group() -> Optional[dist.ProcessGroup]:
+    """The ranks holding the other stages of this rank's pipeline (None for a bare model)."""
+    return None if _state.grid is None else _state.grid.get_pipe_parallel_group()

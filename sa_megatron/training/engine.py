@@ -1,13 +1,19 @@
-"""The DeepSpeed engine for a run: its config dict (built in one place from ours) and its construction."""
+"""The DeepSpeed engine of a run: the model at its layout, the config dict (built in one place from ours), and
+the step driver for it (`steps.py`).
+
+pipeline_parallel = 1: a `GPTModel` in DeepSpeed's plain engine, with the topology's grid as its `mpu` (data-parallel
+gradient reduction, and a gradient norm that counts each tensor shard once). pipeline_parallel > 1: a
+`PipelineModule` of the same layer specs, partitioned by transformer blocks, in DeepSpeed's PipelineEngine (1F1B).
+"""
 
 import logging
 import warnings
 
-from torch import nn
-
 from sa_megatron.config import Config
+from sa_megatron.parallel import rng_tracker, topology
 from sa_megatron.training.optimizer import build_optimizer
 from sa_megatron.training.schedule import lr_scheduler_factory
+from sa_megatron.training.steps import DataParallelSteps, PipelineSteps
 
 # DeepSpeed's own step printing is off: our MetricsLogger prints the training log.
 _NEVER = 2**62
@@ -29,6 +35,11 @@ def deepspeed_config(config: Config, data_parallel: int) -> dict:
         "steps_per_print": _NEVER,
         "wall_clock_breakdown": False,
     }
+    if config.parallel.pipeline_parallel > 1:
+        # DeepSpeed can send 1/tp of an activation per tensor rank between stages, which is valid only when the
+        # tensor ranks hold the same activation: not so on sequence shards.
+        partitioned = not config.parallel.sequence_parallel
+        ds["pipeline"] = {"pipe_partitioned": partitioned, "grad_partitioned": partitioned}
     if t.precision == "bf16":
         ds["bf16"] = {"enabled": True}
         # Accumulate and reduce gradients in fp32 (DeepSpeed's default for bf16 is bf16).
@@ -39,18 +50,42 @@ def deepspeed_config(config: Config, data_parallel: int) -> dict:
     return ds
 
 
-def build_engine(model: nn.Module, config: Config, data_parallel: int):
-    """Wrap `model` in a DeepSpeed engine with AdamW and our lr schedule; returns the engine."""
+def build_layout_model(config: Config, padded_vocab_size: int):
+    """This rank's part of the model: the whole GPTModel, or its pipeline stage's layers only."""
+    from sa_megatron.model import build_model, gpt_layers, language_model_loss
+    from sa_megatron.model.gpt import seed_layer
+
+    seed, checkpointing = config.training.seed, config.training.activation_checkpointing
+    if config.parallel.pipeline_parallel == 1:
+        model = build_model(config.model, padded_vocab_size, seed)
+        model.activation_checkpointing = checkpointing
+        return model
+    from deepspeed.pipe import PipelineModule
+
+    return PipelineModule(
+        layers=gpt_layers(config.model, padded_vocab_size), topology=topology.grid().topology(),
+        loss_fn=language_model_loss, seed_layers=True, seed_fn=seed_layer, base_seed=seed,
+        partition_method="type:TransformerBlock",
+        activation_checkpoint_interval=1 if checkpointing else 0,
+        activation_checkpoint_func=rng_tracker.checkpoint, checkpointable_layers=["TransformerBlock"],
+    )
+
+
+def build_engine(config: Config, padded_vocab_size: int, data_parallel: int):
+    """The DeepSpeed engine with AdamW and our lr schedule, and the steps that drive it: (engine, steps)."""
     import deepspeed
 
     deepspeed.utils.logger.setLevel(logging.WARNING)
     # DeepSpeed's ZeRO still calls torch.distributed collectives that torch has renamed, once per step.
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed.c10d_logger")
-    model.activation_checkpointing = config.training.activation_checkpointing
+    model = build_layout_model(config, padded_vocab_size)
+    pipelined = config.parallel.pipeline_parallel > 1
     engine, *_ = deepspeed.initialize(
         model=model,
         optimizer=build_optimizer(model, config),
         lr_scheduler=lr_scheduler_factory(config),
         config=deepspeed_config(config, data_parallel),
+        mpu=None if pipelined else topology.grid(),  # a PipelineModule brings its own grid
     )
-    return engine
+    steps = (PipelineSteps if pipelined else DataParallelSteps)(engine, config.model.num_layers)
+    return engine, steps

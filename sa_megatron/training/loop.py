@@ -15,10 +15,12 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from sa_megatron.config import Config, data_parallel_size, to_dict
+from sa_megatron.config import Config, to_dict
+from sa_megatron.parallel import rng_tracker, topology
+from sa_megatron.parallel.comm import all_reduce_sum
 from sa_megatron.training import checkpoint
 from sa_megatron.training.batches import build_datasets, micro_batches
-from sa_megatron.training.distributed import all_reduce_mean, any_rank, init_distributed, world_size_from_env
+from sa_megatron.training.distributed import any_rank, init_distributed, world_size_from_env
 from sa_megatron.training.engine import build_engine
 from sa_megatron.training.preflight import check_run_config, resolve_vocab
 from sa_megatron.training.rng import seed_everything
@@ -47,17 +49,23 @@ def train(config: Config) -> TrainResult:
 
 def _train(config: Config, stop: StopRequest) -> TrainResult:
     from sa_megatron.data import load_tokenizer
-    from sa_megatron.model import build_model, flops_per_token
+    from sa_megatron.model import flops_per_token
 
     check_run_config(config, world_size_from_env())
     tokenizer = load_tokenizer(config.tokenizer.model)
     config, padded_vocab = resolve_vocab(config, tokenizer)
     init_distributed(config.parallel.backend)
-    dp_size, dp_rank = data_parallel_size(config, dist.get_world_size()), dist.get_rank()
+    p = config.parallel
+    topology.init_topology(p.tensor_parallel, p.pipeline_parallel, p.sequence_parallel)
+    dp_size, dp_rank = topology.data_parallel_world_size(), topology.data_parallel_rank()
     train_data, valid_data = build_datasets(config, tokenizer.sha256)
 
-    seed_everything(config.training.seed)
-    engine = build_engine(build_model(config.model, padded_vocab), config, dp_size)
+    engine, steps = build_engine(config, padded_vocab, dp_size)
+    # Dropout streams (the model's init seeds itself per layer): Megatron's offset per pipeline stage; the
+    # tensor-parallel stream differs per tensor rank on top of it.
+    stage_seed = config.training.seed + 100 * topology.pipeline_stage()
+    seed_everything(stage_seed)
+    rng_tracker.seed_tensor_parallel_stream(stage_seed)
     identity = checkpoint.run_identity(config, padded_vocab, dp_size, tokenizer.sha256)
     save_dir = config.checkpoint.save_dir
     resumed = checkpoint.resume_latest(engine, save_dir, identity) if save_dir else None
@@ -77,7 +85,7 @@ def _train(config: Config, stop: StopRequest) -> TrainResult:
         metrics = MetricsLogger(config, flops_per_token(config.model, padded_vocab), dist.get_world_size(),
                                 start_iter=start)
         metrics.log_config(to_dict(config))
-    run = _Run(config, engine, dp_rank, dp_size, metrics, identity)
+    run = _Run(config, engine, steps, dp_rank, dp_size, metrics, identity)
     try:
         run.loop(train_data, valid_data, result, stop)
     finally:
@@ -89,8 +97,8 @@ def _train(config: Config, stop: StopRequest) -> TrainResult:
 class _Run:
     """The state one `train` call threads through its steps."""
 
-    def __init__(self, config: Config, engine, dp_rank: int, dp_size: int, metrics, identity: dict):
-        self.config, self.engine, self.metrics, self.identity = config, engine, metrics, identity
+    def __init__(self, config: Config, engine, steps, dp_rank: int, dp_size: int, metrics, identity: dict):
+        self.config, self.engine, self.steps, self.metrics, self.identity = config, engine, steps, metrics, identity
         self.dp_rank, self.dp_size = dp_rank, dp_size
         save_dir = config.checkpoint.save_dir
         self.loss_log = Path(save_dir) / "losses.jsonl" if save_dir and dist.get_rank() == 0 else None
@@ -130,22 +138,11 @@ class _Run:
 
     def train_step(self, batches, log_now: bool) -> tuple[float, float, Optional[dict]]:
         """One optimizer step over this rank's micro-batches: (global-batch mean loss, lr used, attention stats)."""
-        engine = self.engine
         want_stats = log_now and self.config.logging.attention_stats
-        stats = {"row_mass": self.row_mass(batches[0])} if want_stats else None
-        lr = engine.get_lr()[0]
-        losses = []
-        for tokens in batches:
-            tokens = tokens.to(engine.device)
-            loss = self.loss(tokens)
-            engine.backward(loss)
-            if log_now and engine.is_gradient_accumulation_boundary():
-                # After the gradients are reduced and before the step consumes them.
-                self.record_gradient_stats(stats)
-            engine.step()
-            losses.append(loss.item())
-        # Every micro-batch has the same token count, so the mean of means is the global-batch token mean.
-        return all_reduce_mean(statistics.fmean(losses)), lr, stats
+        stats = {"row_mass": self.steps.row_mass(batches[0])} if want_stats else None
+        lr = self.engine.get_lr()[0]
+        loss = self.steps.train(batches, (lambda: self.record_gradient_stats(stats)) if log_now else None)
+        return loss, lr, stats
 
     def record_gradient_stats(self, stats: Optional[dict]) -> None:
         from deepspeed.utils import safe_get_full_grad
@@ -153,42 +150,30 @@ class _Run:
         if stats is not None:
             unscale = 1.0 / (self.loss_scale() or 1.0)  # before engine.step(), fp16 gradients carry the loss scale
             stats["qk_grad_norm"] = [(q * unscale, k * unscale)
-                                     for q, k in self.engine.module.qk_grad_norms(safe_get_full_grad)]
+                                     for q, k in self.steps.qk_grad_norms(safe_get_full_grad)]
         if self.config.parallel.zero_stage == 0:
             # DeepSpeed reports the global norm only from its ZeRO/mixed-precision optimizers; at stage 0 the
-            # gradients are whole and already averaged over ranks, so the norm is local arithmetic.
-            norms = [p.grad.norm() for p in self.engine.module.parameters() if p.grad is not None]
-            self.stage0_grad_norm = torch.linalg.vector_norm(torch.stack(norms)).item()
+            # gradients are whole and already averaged over data-parallel ranks, so the norm is local arithmetic
+            # over this rank's tensor shards and replicated parameters counted on tensor rank 0 only.
+            self.stage0_grad_norm = self.engine_module_grad_norm()
 
-    def loss(self, tokens: torch.Tensor) -> torch.Tensor:
-        from sa_megatron.model import language_model_loss
-
-        return language_model_loss(self.engine(tokens[:, :-1]), tokens[:, 1:])
-
-    def row_mass(self, tokens: torch.Tensor) -> list[float]:
-        model = self.engine.module
-        inputs = tokens[:, :-1].to(self.engine.device)
-        if self.config.parallel.zero_stage != 3:
-            return model.attention_row_mass(inputs)
-        import deepspeed
-
-        # ZeRO-3 keeps only a shard of each parameter outside the engine's forward: gather them for this pass.
-        with deepspeed.zero.GatheredParameters(list(model.parameters())):
-            return model.attention_row_mass(inputs)
+    def engine_module_grad_norm(self) -> float:
+        count_replicated = topology.tensor_parallel_rank() == 0
+        squares = torch.zeros((), dtype=torch.float64)
+        for param in self.engine.module.parameters():
+            if param.grad is not None and (count_replicated or getattr(param, "tensor_model_parallel", False)):
+                squares += param.grad.detach().double().square().sum()
+        return all_reduce_sum(squares, topology.model_parallel_group()).sqrt().item()
 
     @torch.no_grad()
     def evaluate(self, valid_data, step: int) -> float:
         """Mean loss over eval_iters global batches; evaluation k reads the k-th block of validation batches."""
         t = self.config.training
         first = (-(-step // t.eval_interval) - 1) * t.eval_iters
-        self.engine.eval()
-        losses = [
-            self.loss(tokens.to(self.engine.device)).item()
+        loss = statistics.fmean(
+            self.steps.eval_loss(micro_batches(valid_data, index, self.config, self.dp_rank, self.dp_size))
             for index in range(first, first + t.eval_iters)
-            for tokens in micro_batches(valid_data, index, self.config, self.dp_rank, self.dp_size)
-        ]
-        self.engine.train()
-        loss = all_reduce_mean(statistics.fmean(losses))
+        )
         if self.metrics is not None:
             self.metrics.log_eval(step, loss)
         return loss

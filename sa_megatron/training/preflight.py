@@ -10,12 +10,6 @@ from sa_megatron.errors import ConfigError
 def check_run_config(config: Config, world_size: int) -> None:
     """`validate` plus the rules specific to training with this trainer."""
     validate(config, world_size)
-    p = config.parallel
-    if p.tensor_parallel > 1 or p.pipeline_parallel > 1:
-        raise ConfigError(
-            f"parallel.tensor_parallel={p.tensor_parallel} / pipeline_parallel={p.pipeline_parallel}: "
-            "`sa-megatron train` runs data parallelism (with ZeRO) only so far; set both to 1"
-        )
     _check_precision(config)
     if config.checkpoint.save_dir:
         try:

@@ -6,6 +6,8 @@ import random
 import numpy as np
 import torch
 
+from sa_megatron.parallel import rng_tracker
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -23,6 +25,9 @@ def capture_rng_state() -> dict:
     }
     if torch.cuda.is_available():
         state["cuda"] = [_encode(s) for s in torch.cuda.get_rng_state_all()]
+    tensor_parallel = rng_tracker.state()
+    if tensor_parallel is not None:
+        state["tensor_parallel"] = {name: _encode(s) for name, s in tensor_parallel.items()}
     return state
 
 
@@ -34,6 +39,8 @@ def restore_rng_state(state: dict) -> None:
     torch.set_rng_state(_decode(state["torch"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([_decode(s) for s in state["cuda"]])
+    if "tensor_parallel" in state:
+        rng_tracker.set_state({name: _decode(s) for name, s in state["tensor_parallel"].items()})
 
 
 def _encode(tensor: torch.Tensor) -> str:

@@ -34,7 +34,7 @@ def tiny_config_dict(tokenizer, prefix, **sections) -> dict:
     """A 2-layer, width-64 model on 32-token sequences, fp32, 4 sequences per step; `sections` override."""
     raw = {
         "model": {"num_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "seq_length": 32,
-                  "attention_backend": "eager", "make_vocab_size_divisible_by": 64},
+                  "attention_backend": "eager", "make_vocab_size_divisible_by": 32},
         "data": {"paths": [prefix], "split": "90,10,0"},
         "tokenizer": {"model": str(tokenizer)},
         "optimizer": {"lr": 1e-3, "min_lr": 1e-4},
