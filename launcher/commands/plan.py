@@ -1,6 +1,6 @@
 """`sa-megatron plan`: rank the tensor × pipeline × data layouts of a cluster for a config, with memory per GPU."""
 
-import argparse
+import contextlib
 import json
 import sys
 
@@ -18,8 +18,8 @@ def register(subparsers) -> None:
         description="Lists every tensor × pipeline × data-parallel layout of NODES × GPUS_PER_NODE devices that the "
                     "config allows, with memory per GPU (weights, gradients, optimizer states under the configured "
                     "precision and ZeRO stage, activations of the busiest pipeline stage), the pipeline bubble and "
-                    f"per-step communication. Ranking: {RANKING}. A layout fits when its total stays within 90%% of "
-                    "--gpu-memory-gib: 10%% is left to the CUDA context, NCCL, DeepSpeed's buckets and "
+                    f"per-step communication. Ranking: {RANKING}. A layout fits when its total stays within 90% of "
+                    "--gpu-memory-gib: 10% is left to the CUDA context, NCCL, DeepSpeed's buckets and "
                     "fragmentation.")
     add_config_arguments(parser)
     parser.add_argument("--nodes", type=positive_int, default=1, help="nodes (default 1)")
@@ -42,6 +42,17 @@ def register(subparsers) -> None:
 
 
 def run_plan(args) -> int:
+    # DeepSpeed (imported by the model) logs to stdout; keep stdout for the plan, so `--json` output parses.
+    with contextlib.redirect_stdout(sys.stderr):
+        plan, config, cluster, vocab_size, sequence_parallel = _make_plan(args)
+    if args.json:
+        print(json.dumps(_as_json(plan, cluster), indent=2))
+    else:
+        _print_table(plan, config, cluster, vocab_size, sequence_parallel)
+    return 0
+
+
+def _make_plan(args):
     from sa_megatron.config import load_config
     from sa_megatron.errors import UserInputError
     from sa_megatron.planning import Cluster, plan_layouts
@@ -61,11 +72,7 @@ def run_plan(args) -> int:
     if not plan.layouts:
         raise UserInputError(f"no valid layout for {args.nodes} × {args.gpus_per_node} GPUs; e.g. "
                              f"{plan.skipped[0] if plan.skipped else 'none'}")
-    if args.json:
-        print(json.dumps(_as_json(plan, cluster), indent=2))
-    else:
-        _print_table(plan, config, cluster, vocab_size, sequence_parallel)
-    return 0
+    return plan, config, cluster, vocab_size, sequence_parallel
 
 
 def _vocab_size(config, from_argument):
@@ -130,3 +137,5 @@ def _print_table(plan, config, cluster, vocab_size, sequence_parallel) -> None:
           f"micro-batches per step; traffic per GPU per step. Ranked: {RANKING}.")
     if plan.skipped:
         print(f"{len(plan.skipped)} layouts left out, e.g. {plan.skipped[0]}")
+    if any("global batch" in reason for reason in plan.skipped):
+        print("(to consider those, set training.global_batch_size to a multiple of micro_batch_size × data parallel)")
