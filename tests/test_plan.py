@@ -169,3 +169,14 @@ def test_bad_input_is_one_line_with_exit_2(capsys, args, message):
     code, out, err = run_plan(capsys, *args)
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and message in err
+
+
+def test_sequence_parallelism_splits_the_replicated_activations(capsys):
+    plans = {}
+    for flag in ([], ["--sequence-parallel"]):
+        code, out, _ = run_plan(capsys, "--json", "--set", "training.activation_checkpointing=false", *flag)
+        assert code == 0
+        plans[bool(flag)] = {(l["tensor_parallel"], l["pipeline_parallel"]): l["memory_gib"]["activations"]
+                             for l in json.loads(out)["layouts"]}
+    assert plans[True][(1, 4)] == plans[False][(1, 4)]  # nothing to split at tp = 1
+    assert plans[True][(8, 1)] < plans[False][(8, 1)]
