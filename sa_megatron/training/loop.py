@@ -33,6 +33,7 @@ class TrainResult:
     consumed_samples: int
     losses: dict[int, float] = field(default_factory=dict)  # step (1-based) → mean loss of its global batch
     eval_losses: dict[int, float] = field(default_factory=dict)
+    grad_norms: dict[int, float] = field(default_factory=dict)  # step → global grad norm, at log steps
     resumed_from: Optional[int] = None  # the checkpoint's iteration, None for a fresh start
     stopped_by_signal: bool = False
 
@@ -116,7 +117,8 @@ class _Run:
             result.losses[step] = loss
             self.record_loss(step, loss, lr)
             if log_now:
-                self.log_interval(step, lr, attention_stats)
+                result.grad_norms[step] = self.grad_norm()
+                self.log_interval(step, lr, result.grad_norms[step], attention_stats)
             paused_at = time.perf_counter()  # evaluation and saving do not count toward throughput
             if t.eval_interval and step % t.eval_interval == 0:
                 result.eval_losses[step] = self.evaluate(valid_data, step)
@@ -178,19 +180,19 @@ class _Run:
             self.metrics.log_eval(step, loss)
         return loss
 
-    def log_interval(self, step: int, lr: float, attention_stats: Optional[dict]) -> None:
+    def log_interval(self, step: int, lr: float, grad_norm: Optional[float], attention_stats: Optional[dict]) -> None:
         """Report the steps since the previous log line (rank 0 holds the logger; the others only reset)."""
         now = time.perf_counter()
         if self.metrics is not None:
             losses, t = self.interval_losses, self.config.training
             self.metrics.log_train(
-                step, loss=statistics.fmean(losses), lr=lr, grad_norm=self.grad_norm(),
+                step, loss=statistics.fmean(losses), lr=lr, grad_norm=grad_norm,
                 loss_scale=self.loss_scale(), tokens=len(losses) * t.global_batch_size * self.config.model.seq_length,
                 elapsed_s=now - self.interval_start, attention_stats=attention_stats)
         self.interval_losses, self.interval_start = [], now
 
     def grad_norm(self) -> Optional[float]:
-        """Global gradient norm before clipping, of the last step."""
+        """Global gradient norm before clipping, of the last step (the same on every rank)."""
         norm = self.engine.get_global_grad_norm()  # a float or a 0-d tensor, depending on the ZeRO stage
         return self.stage0_grad_norm if norm is None else float(norm)
 

@@ -2,7 +2,7 @@
 
     RANK=r WORLD_SIZE=n MASTER_ADDR=… MASTER_PORT=… python -m tests.training.rank_worker CONFIGS.json OUT_DIR
 
-Writes OUT_DIR/rank_<r>.json: one {"losses": {step: loss}, "iteration": n} per config. Reusing the process for
+Writes OUT_DIR/rank_<r>.json: one {"losses": {step: loss}, "grad_norms": {step: norm}, "iteration": n} per config. Reusing the process for
 several configs saves the interpreter and DeepSpeed start-up that dominates these tests on CPU.
 """
 
@@ -19,7 +19,7 @@ def main(configs_path: str, out_dir: str) -> None:
     results = []
     for raw in json.loads(Path(configs_path).read_text()):
         result = train(from_dict(raw))
-        results.append({"losses": result.losses, "iteration": result.iteration})
+        results.append({"losses": result.losses, "grad_norms": result.grad_norms, "iteration": result.iteration})
     Path(out_dir, f"rank_{os.environ['RANK']}.json").write_text(json.dumps(results))
 
 
