@@ -9,7 +9,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from sa_megatron.model import build_model, language_model_loss
-from sa_megatron.parallel import set_tensor_parallel_group, tensor_parallel_world_size
+from sa_megatron.parallel import rng_tracker, set_tensor_parallel_group, tensor_parallel_world_size
+from sa_megatron.parallel.rng_tracker import ShardedDropout
 from tests.model.tiny import VOCAB, random_tokens, tiny_config
 
 WORLD = 2
@@ -70,3 +71,40 @@ def test_tensor_parallel_two_ranks_match_one_rank():
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     with tempfile.TemporaryDirectory() as tmp:
         mp.spawn(check_rank, args=(os.path.join(tmp, "init"),), nprocs=WORLD, join=True)
+
+
+def check_dropout_streams(rank, init_file):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+
+    def masks_of_both_ranks(dropout):
+        mask = dropout(torch.ones(4096)) != 0
+        both = [torch.empty_like(mask) for _ in range(WORLD)]
+        dist.all_gather(both, mask)
+        return both
+
+    try:
+        dropout = ShardedDropout(0.5)
+        for sequence_parallel in (False, True):
+            set_tensor_parallel_group(dist.group.WORLD, sequence_parallel=sequence_parallel)
+            torch.manual_seed(0)  # the default stream: seeded alike on every tensor rank
+            rng_tracker.seed_tensor_parallel_stream(0)
+            first, second = masks_of_both_ranks(dropout)
+            # Replicated activations must drop alike; sequence shards (other tokens per rank) must not.
+            assert torch.equal(first, second) != sequence_parallel
+        # The tensor-parallel stream is saved and restored exactly (as checkpoints do), apart from the default one.
+        saved_stream, saved_default = rng_tracker.state(), torch.get_rng_state()
+        expected = masks_of_both_ranks(dropout)
+        masks_of_both_ranks(dropout)
+        rng_tracker.set_state(saved_stream)
+        torch.set_rng_state(saved_default)
+        assert all(torch.equal(a, b) for a, b in zip(masks_of_both_ranks(dropout), expected))
+    finally:
+        set_tensor_parallel_group(None)
+        dist.destroy_process_group()
+
+
+@pytest.mark.distributed
+def test_dropout_differs_per_tensor_rank_only_on_sequence_shards_and_its_stream_restores():
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(check_dropout_streams, args=(os.path.join(tmp, "init"),), nprocs=WORLD, join=True)
