@@ -20,7 +20,9 @@ import torch.distributed as dist
 import sa_megatron
 from sa_megatron.config import Config, from_dict, to_dict
 from sa_megatron.errors import CheckpointError
+from sa_megatron.parallel import topology
 from sa_megatron.training import checkpoint_files as files
+from sa_megatron.training.checkpoint_merge import merged_module_weights
 from sa_megatron.training.distributed import all_ranks
 from sa_megatron.training.rng import capture_rng_state, restore_rng_state
 
@@ -84,7 +86,7 @@ def resume_latest(engine, save_dir, identity: dict) -> Optional[dict]:
             _set_aside(checkpoint, reason)
             continue
         check_compatible(metadata, identity, checkpoint)
-        failure = _load_engine_and_rng(engine, checkpoint)
+        failure = _load_engine_and_rng(engine, checkpoint, metadata["parallel_layout"])
         if all_ranks(failure is None):
             return metadata
         _set_aside(checkpoint, failure or "another rank could not load its part")
@@ -99,11 +101,20 @@ def resume_latest(engine, save_dir, identity: dict) -> Optional[dict]:
 
 
 def check_compatible(metadata: dict, identity: dict, checkpoint: Path) -> None:
+    saved_layout, layout = metadata.get("parallel_layout", {}), identity["parallel_layout"]
+    if any(saved_layout.get(key) != layout[key] for key in ("tensor_parallel", "pipeline_parallel")):
+        raise CheckpointError(
+            f"checkpoint {checkpoint} was written at tensor_parallel={saved_layout.get('tensor_parallel')} × "
+            f"pipeline_parallel={saved_layout.get('pipeline_parallel')}, this run is tensor_parallel="
+            f"{layout['tensor_parallel']} × pipeline_parallel={layout['pipeline_parallel']}: training resumes at "
+            "the same tensor and pipeline sizes only (the data-parallel size may change); `sa-megatron eval` and "
+            "`generate` read it at any layout"
+        )
     differences = [
         f"{key} {saved!r} (checkpoint) vs {identity[section].get(key)!r} (this run)"
         for section in ("model_shape", "parallel_layout", "data_order")
         for key, saved in metadata.get(section, {}).items()
-        if identity[section].get(key) != saved
+        if identity[section].get(key) != saved and not _may_change(section, key, layout)
     ]
     if metadata.get("tokenizer_sha256") != identity["tokenizer_sha256"]:
         differences.append("tokenizer (sha256 differs)")
@@ -114,10 +125,26 @@ def check_compatible(metadata: dict, identity: dict, checkpoint: Path) -> None:
         )
 
 
-def _load_engine_and_rng(engine, checkpoint: Path) -> Optional[str]:
+def _may_change(section: str, key: str, layout: dict) -> bool:
+    """The data-parallel size may change on resume under ZeRO-0: the global batches stay the same and every rank
+    holds whole states. ZeRO 1-3 partition the optimizer over the data-parallel ranks, and DeepSpeed 0.19 loads
+    those partitions only at the size that wrote them."""
+    return section == "parallel_layout" and key == "data_parallel" and layout["zero_stage"] == 0
+
+
+def _saved_rank(saved_layout: dict) -> int:
+    """The rank of the checkpoint's layout whose RNG state this rank continues: the same pipeline stage and tensor
+    rank, and the same data-parallel rank where it existed (else data-parallel rank 0, whose streams all data
+    ranks share). Ranks are laid out tensor fastest, then data, then pipeline (`parallel.topology`)."""
+    tp, saved_dp = saved_layout["tensor_parallel"], saved_layout["data_parallel"]
+    data_rank = topology.data_parallel_rank() if topology.data_parallel_rank() < saved_dp else 0
+    return (topology.pipeline_stage() * saved_dp + data_rank) * tp + topology.tensor_parallel_rank()
+
+
+def _load_engine_and_rng(engine, checkpoint: Path, saved_layout: dict) -> Optional[str]:
     """None on success, else why this rank failed (a corrupt file makes torch/DeepSpeed raise anything)."""
     try:
-        rng_state = files.read_json(files.rng_file(checkpoint, dist.get_rank()))
+        rng_state = files.read_json(files.rng_file(checkpoint, _saved_rank(saved_layout)))
         load_path, _ = engine.load_checkpoint(str(checkpoint), tag=files.ENGINE_TAG)
     except Exception as err:  # noqa: BLE001 - any failure means "not loadable", reported and skipped
         detail = str(err).strip().splitlines()[:1]
@@ -144,7 +171,8 @@ class Inference(NamedTuple):
 
 def load_for_inference(load_dir, device=None) -> Inference:
     """The model of the newest complete checkpoint in a save_dir, or of one step_N dir, on `device`
-    (default: the GPU when there is one: long-context evaluation is slow on a CPU)."""
+    (default: the GPU when there is one: long-context evaluation is slow on a CPU), as one TP=1 model whatever
+    tensor × pipeline × data layout wrote it (see `_fp32_state_dict`)."""
     from sa_megatron.model import build_model
 
     checkpoint = _inference_checkpoint(Path(load_dir))
@@ -154,7 +182,7 @@ def load_for_inference(load_dir, device=None) -> Inference:
     try:
         config = from_dict(metadata["config"])
         model = build_model(config.model, metadata["model_shape"]["padded_vocab_size"])
-        model.load_state_dict(_fp32_state_dict(checkpoint, metadata["parallel_layout"]["zero_stage"]))
+        model.load_state_dict(_fp32_state_dict(checkpoint, metadata["parallel_layout"], model))
         tokenizer_sha256 = metadata["tokenizer_sha256"]
     except Exception as err:  # noqa: BLE001 - a damaged file makes torch/DeepSpeed raise anything
         detail = (str(err).strip().splitlines() or [""])[0]
@@ -186,11 +214,17 @@ def _inference_checkpoint(load_dir: Path) -> Path:
     return complete[0]
 
 
-def _fp32_state_dict(checkpoint: Path, zero_stage: int) -> dict:
-    if zero_stage == 0:
-        states = torch.load(checkpoint / files.ENGINE_TAG / "mp_rank_00_model_states.pt", map_location="cpu",
-                            weights_only=False)
-        return {name: tensor.float() for name, tensor in states["module"].items()}
+def _fp32_state_dict(checkpoint: Path, layout: dict, model: torch.nn.Module) -> dict:
+    """The weights for `model` (TP=1, the checkpoint's padded vocabulary).
+
+    At TP=1, PP=1 under ZeRO 1-3 these are the fp32 master weights, sharded over the data ranks and gathered by
+    DeepSpeed's utility. Otherwise they are the module weights merged over tensor ranks and pipeline layers
+    (`checkpoint_merge`): the same numbers in an fp32 run, bf16-rounded ones from a bf16 run. (ZeRO-3 runs only at
+    TP=1, PP=1.)"""
+    tensor_parallel, pipeline_parallel = layout["tensor_parallel"], layout["pipeline_parallel"]
+    engine_dir = checkpoint / files.ENGINE_TAG
+    if layout["zero_stage"] == 0 or tensor_parallel * pipeline_parallel > 1:
+        return merged_module_weights(engine_dir, model, tensor_parallel, pipeline=pipeline_parallel > 1)
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     # ZeRO shards the fp32 master weights over ranks; DeepSpeed's utility gathers them (chattily: silence it).
