@@ -29,9 +29,16 @@ def test_files_merge_left_to_right_then_overrides(tmp_path):
     assert config.optimizer.lr == pytest.approx(1e-4)  # YAML reads 1e-4 as a string; floats accept it
 
 
-@pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(set(CONFIGS.rglob("*.yaml")) - set(CONFIGS.glob("layouts/*.yaml"))),
+                         ids=lambda p: p.name)
 def test_shipped_configs_are_valid(path):
     validate(load_config([path]), world_size=1)
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("layouts/2.7B-*x*.yaml")), ids=lambda p: p.name)
+def test_layout_configs_are_valid_on_their_clusters(path):
+    nodes, gpus = (int(n) for n in path.stem.split("-")[1].split("x"))  # 2.7B-<nodes>x<gpus per node>
+    validate(load_config([CONFIGS / "models" / "2.7B.yaml", path]), world_size=nodes * gpus)
 
 
 @pytest.mark.parametrize(
@@ -99,8 +106,12 @@ def test_global_batch_must_split_over_micro_batches_and_data_parallel():
     validate(config, world_size=1)
     with pytest.raises(ConfigError, match=r"global_batch_size \(12\) must be divisible by micro_batch_size × data_parallel = 4 × 2"):
         validate(config, world_size=2)
-    with pytest.raises(ConfigError, match="world size 3 is not divisible"):
+    with pytest.raises(ConfigError, match=r"world size 3 is not tensor_parallel × pipeline_parallel × data_parallel "
+                                          r"= 2 × 1 × data_parallel .*launch a multiple of 2 ranks"):
         validate(load_config([], ["parallel.tensor_parallel=2"]), world_size=3)
+    with pytest.raises(ConfigError, match=r"sequence_parallel splits model.seq_length \(129\) over tensor_parallel=2"):
+        validate(load_config([], ["parallel.tensor_parallel=2", "parallel.sequence_parallel=true",
+                                  "model.seq_length=129"]), world_size=2)
 
 
 def test_blend_weights_must_match_paths():

@@ -47,9 +47,9 @@ class ModelConfig:
 @dataclass
 class ParallelConfig:
     tensor_parallel: int = doc(1, "Tensor-parallel ranks (Megatron column/row split).")
-    pipeline_parallel: int = doc(1, "Pipeline stages (DeepSpeed PipelineModule, 1F1B schedule); needs zero_stage 1.")
+    pipeline_parallel: int = doc(1, "Pipeline stages (DeepSpeed PipelineModule, 1F1B schedule); ZeRO stage 0 or 1.")
     sequence_parallel: bool = doc(False, "Megatron's sequence parallelism: norms, dropout and residuals hold 1/tensor_parallel of the sequence.")
-    zero_stage: int = doc(0, "DeepSpeed ZeRO stage 0-3; pipeline_parallel > 1 takes stage 1, tensor_parallel > 1 stages 0-2.")
+    zero_stage: int = doc(0, "DeepSpeed ZeRO stage 0-3; pipeline_parallel > 1 takes stages 0-1, tensor_parallel > 1 stages 0-2.")
     backend: Literal["auto", "gloo", "nccl"] = doc("auto", "torch.distributed backend; auto = nccl on GPU, gloo on CPU.")
 
 

@@ -58,12 +58,10 @@ def validate(config: Config, world_size: Optional[int] = None) -> None:
         )
     if p.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"parallel.zero_stage must be 0, 1, 2 or 3, got {p.zero_stage}")
-    if p.pipeline_parallel > 1 and p.zero_stage != 1:
-        why = ("DeepSpeed's pipeline engine supports ZeRO stage 0 or 1 only" if p.zero_stage >= 2 else
-               "at stage 0 DeepSpeed's gradient clipping counts the later stages' replicated parameters wrongly")
+    if p.pipeline_parallel > 1 and p.zero_stage >= 2:
         raise ConfigError(
             f"parallel.zero_stage={p.zero_stage} cannot be combined with pipeline_parallel={p.pipeline_parallel}: "
-            f"{why}; use parallel.zero_stage=1"
+            "DeepSpeed's pipeline engine supports ZeRO stage 0 or 1 only"
         )
     if p.tensor_parallel > 1 and p.zero_stage == 3:
         raise ConfigError(

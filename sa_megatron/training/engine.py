@@ -3,7 +3,8 @@ the step driver for it (`steps.py`).
 
 pipeline_parallel = 1: a `GPTModel` in DeepSpeed's plain engine, with the topology's grid as its `mpu` (data-parallel
 gradient reduction, and a gradient norm that counts each tensor shard once). pipeline_parallel > 1: a
-`PipelineModule` of the same layer specs, partitioned by transformer blocks, in DeepSpeed's PipelineEngine (1F1B).
+`PipelineModule` of the same layer specs, partitioned by transformer blocks, in DeepSpeed's PipelineEngine (1F1B,
+ZeRO 0-1).
 """
 
 import logging
@@ -24,13 +25,20 @@ def gradient_accumulation_steps(config: Config, data_parallel: int) -> int:
     return t.global_batch_size // (t.micro_batch_size * data_parallel)
 
 
+def _clips_itself(config: Config) -> bool:
+    """fp32 pipelines at ZeRO-0: DeepSpeed's clipping there counts only stage 0's replicated parameters, so
+    `PipelineSteps` clips by the true global norm instead (`grad_norm.py`)."""
+    p = config.parallel
+    return p.pipeline_parallel > 1 and p.zero_stage == 0 and config.training.precision == "fp32"
+
+
 def deepspeed_config(config: Config, data_parallel: int) -> dict:
     t = config.training
     ds = {
         "train_batch_size": t.global_batch_size,
         "train_micro_batch_size_per_gpu": t.micro_batch_size,
         "gradient_accumulation_steps": gradient_accumulation_steps(config, data_parallel),
-        "gradient_clipping": config.optimizer.clip_grad,
+        "gradient_clipping": 0.0 if _clips_itself(config) else config.optimizer.clip_grad,
         "zero_optimization": {"stage": config.parallel.zero_stage},
         "steps_per_print": _NEVER,
         "wall_clock_breakdown": False,
@@ -87,5 +95,9 @@ def build_engine(config: Config, padded_vocab_size: int, data_parallel: int):
         config=deepspeed_config(config, data_parallel),
         mpu=None if pipelined else topology.grid(),  # a PipelineModule brings its own grid
     )
-    steps = (PipelineSteps if pipelined else DataParallelSteps)(engine, config.model.num_layers)
+    if pipelined:
+        clip = config.optimizer.clip_grad if _clips_itself(config) and config.optimizer.clip_grad > 0 else None
+        steps = PipelineSteps(engine, config.model.num_layers, clip)
+    else:
+        steps = DataParallelSteps(engine, config.model.num_layers)
     return engine, steps

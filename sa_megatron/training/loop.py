@@ -17,11 +17,11 @@ import torch.distributed as dist
 
 from sa_megatron.config import Config, to_dict
 from sa_megatron.parallel import rng_tracker, topology
-from sa_megatron.parallel.comm import all_reduce_sum
 from sa_megatron.training import checkpoint
 from sa_megatron.training.batches import build_datasets, micro_batches
 from sa_megatron.training.distributed import any_rank, init_distributed, world_size_from_env
 from sa_megatron.training.engine import build_engine
+from sa_megatron.training.grad_norm import global_grad_norm
 from sa_megatron.training.preflight import check_run_config, resolve_vocab
 from sa_megatron.training.rng import seed_everything
 from sa_megatron.training.signals import StopRequest
@@ -155,17 +155,8 @@ class _Run:
                                      for q, k in self.steps.qk_grad_norms(safe_get_full_grad)]
         if self.config.parallel.zero_stage == 0:
             # DeepSpeed reports the global norm only from its ZeRO/mixed-precision optimizers; at stage 0 the
-            # gradients are whole and already averaged over data-parallel ranks, so the norm is local arithmetic
-            # over this rank's tensor shards and replicated parameters counted on tensor rank 0 only.
-            self.stage0_grad_norm = self.engine_module_grad_norm()
-
-    def engine_module_grad_norm(self) -> float:
-        count_replicated = topology.tensor_parallel_rank() == 0
-        squares = torch.zeros((), dtype=torch.float64)
-        for param in self.engine.module.parameters():
-            if param.grad is not None and (count_replicated or getattr(param, "tensor_model_parallel", False)):
-                squares += param.grad.detach().double().square().sum()
-        return all_reduce_sum(squares, topology.model_parallel_group()).sqrt().item()
+            # gradients are whole and already averaged over data-parallel ranks.
+            self.stage0_grad_norm = global_grad_norm(self.engine.module)
 
     @torch.no_grad()
     def evaluate(self, valid_data, step: int) -> float:

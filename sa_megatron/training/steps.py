@@ -1,7 +1,7 @@
 """How one optimizer step, one evaluation and the attention statistics run on the engine of a layout.
 
 `DataParallelSteps` drives DeepSpeed's plain engine (pipeline_parallel = 1: data and tensor parallelism, ZeRO 0-3):
-a forward and backward per micro-batch. `PipelineSteps` drives its PipelineEngine (pipeline_parallel > 1, ZeRO 1):
+a forward and backward per micro-batch. `PipelineSteps` drives its PipelineEngine (pipeline_parallel > 1, ZeRO 0-1):
 `train_batch` runs the 1F1B schedule over the micro-batches with the loss on the last stage, which DeepSpeed
 averages over data-parallel ranks and broadcasts to every stage. Both give every rank per-layer statistics of the
 whole model: each stage measures its own blocks (combined over its tensor ranks), and the pipeline group sums the
@@ -17,6 +17,7 @@ from sa_megatron.model.gpt import measuring_row_mass, qk_grad_squares
 from sa_megatron.parallel import topology
 from sa_megatron.parallel.comm import all_reduce_sum
 from sa_megatron.training.distributed import all_reduce_mean
+from sa_megatron.training.grad_norm import clip_gradients
 
 # Runs once per step after the gradients are reduced and before the optimizer consumes them.
 GradientHook = Optional[Callable[[], None]]
@@ -82,17 +83,21 @@ class DataParallelSteps(_Steps):
 
 
 class PipelineSteps(_Steps):
-    def __init__(self, engine, num_layers: int):
+    def __init__(self, engine, num_layers: int, clip_grad: Optional[float] = None):
+        """`clip_grad`: clip by the global norm here, before each optimizer step (DeepSpeed's own clipping off)."""
         super().__init__(engine, num_layers)
         from deepspeed.runtime.pipe import schedule
 
         self._on_gradients: GradientHook = None
-        # DeepSpeed runs the schedule's instructions through this table: ours calls the gradient hook first.
+        # DeepSpeed runs the schedule's instructions through this table: ours calls the gradient hook and clips
+        # first, when the gradients are reduced over data-parallel ranks and not yet consumed.
         optimizer_step = type(engine)._INSTRUCTION_MAP[schedule.OptimizerStep]
 
         def hooked_optimizer_step(pipeline_engine, **kwargs):
             if self._on_gradients is not None:
                 self._on_gradients()
+            if clip_grad is not None:
+                clip_gradients(pipeline_engine.module, clip_grad)
             optimizer_step(pipeline_engine, **kwargs)
 
         engine._INSTRUCTION_MAP = {**type(engine)._INSTRUCTION_MAP, schedule.OptimizerStep: hooked_optimizer_step}

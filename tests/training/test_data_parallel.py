@@ -6,13 +6,15 @@ all-reduces two ranks' gradients, so only the summation order differs (observed:
 """
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
 from sa_megatron.config import from_dict
-from sa_megatron.training.checkpoint import load_for_inference
+from sa_megatron.errors import CheckpointError
+from sa_megatron.training.checkpoint import check_compatible, load_for_inference
 from sa_megatron.training.loop import train
 from tests.training.launch import run_ranks
 from tests.training.tiny_run import tiny_config_dict
@@ -63,3 +65,36 @@ def test_dp2_checkpoint_loads_the_same_fp32_weights(stage, dp2, dp1):
     model = load_for_inference(dp2[stage][0]).model
     for (name, expected), actual in zip(reference.state_dict().items(), model.state_dict().values()):
         torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_zero0_dp2_checkpoint_resumes_at_dp1(dp2, corpus, tmp_path, one_rank_world):
+    # The global batches do not depend on the data-parallel size, so continuing at DP=1 from the DP=2 checkpoint
+    # matches an uninterrupted DP=1 run.
+    stage = 0
+    straight_config = run_config(corpus, stage, tmp_path / "straight")
+    straight_config["training"]["train_iters"] = STEPS + 2
+    straight = train(from_dict(straight_config))
+    save_dir = shutil.copytree(dp2[stage][0], tmp_path / "resumed")
+    config = run_config(corpus, stage, save_dir)
+    config["training"]["train_iters"] = STEPS + 2
+    resumed = train(from_dict(config))
+    assert resumed.resumed_from == STEPS
+    np.testing.assert_allclose([resumed.losses[s] for s in (STEPS + 1, STEPS + 2)],
+                               [straight.losses[s] for s in (STEPS + 1, STEPS + 2)], rtol=1e-5)
+
+
+def test_another_tensor_or_pipeline_size_is_refused_naming_both_layouts(dp2):
+    checkpoint = dp2[1][0] / f"step_{STEPS}"
+    metadata = json.loads((checkpoint / "metadata.json").read_text())
+    identity = {**metadata, "parallel_layout": {**metadata["parallel_layout"], "tensor_parallel": 2}}
+    with pytest.raises(CheckpointError, match=r"tensor_parallel=1 × pipeline_parallel=1, this run is "
+                                              r"tensor_parallel=2 × pipeline_parallel=1.*eval"):
+        check_compatible(metadata, identity, checkpoint)
+
+
+def test_zero1_checkpoint_at_another_data_parallel_size_is_refused(dp2, corpus, tmp_path, one_rank_world):
+    save_dir = shutil.copytree(dp2[1][0], tmp_path / "run")
+    config = run_config(corpus, 1, save_dir)
+    config["training"]["train_iters"] = STEPS + 1
+    with pytest.raises(CheckpointError, match=r"data_parallel 2 \(checkpoint\) vs 1 \(this run\)"):
+        train(from_dict(config))

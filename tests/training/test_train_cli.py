@@ -64,8 +64,11 @@ def run_cli(*args, env_extra=None):
 @pytest.mark.parametrize("overrides, env, message", [
     (["training.global_batch_size=6"], {"WORLD_SIZE": "2"},
      "training.global_batch_size (6) must be divisible by micro_batch_size × data_parallel = 2 × 2"),
-    (["parallel.tensor_parallel=2"], {"WORLD_SIZE": "2"},
-     "parallel.tensor_parallel=2 / pipeline_parallel=1: `sa-megatron train` runs data parallelism"),
+    (["parallel.tensor_parallel=2"], {},
+     "world size 1 is not tensor_parallel × pipeline_parallel × data_parallel = 2 × 1 × data_parallel for a whole "
+     "data_parallel: launch a multiple of 2 ranks, e.g. torchrun --nproc_per_node 2"),
+    (["parallel.tensor_parallel=2", "parallel.zero_stage=3"], {"WORLD_SIZE": "2"},
+     "parallel.zero_stage=3 cannot be combined with tensor_parallel=2"),
     (["training.precision=bf16"], {}, "training.precision=bf16 needs parallel.zero_stage >= 1"),
     (["tokenizer.model=/nonexistent/tok.model"], {}, "/nonexistent/tok.model: no such tokenizer file"),
     (["model.vocab_size=100"], {}, "model.vocab_size (100) is smaller than the vocabulary of tokenizer"),
