@@ -77,9 +77,12 @@ def engine_env():
     for tool in ("docker", "docker-compose"):
         if shutil.which(tool, path=env["PATH"]) is None:
             unavailable(f"{tool} is not installed (apt-get install docker.io docker-compose)")
-    info = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], env=env, capture_output=True, text=True)
+    info = subprocess.run(["docker", "info"], env=env, capture_output=True, text=True)
     if info.returncode != 0:
-        unavailable(f"no Docker engine is reachable: {info.stderr.strip()[-300:]}")
+        lines = [line.strip() for line in (info.stdout + info.stderr).splitlines() if line.strip()]
+        why = next((line for line in lines if "cannot connect" in line.lower() or "denied" in line.lower()),
+                   lines[0] if lines else "`docker info` failed")
+        unavailable(f"no Docker engine is reachable (start dockerd): {why[:300]}")
     return env
 
 
@@ -133,7 +136,8 @@ def test_compose_trains_the_demo_as_the_host_user_and_tensorboard_serves_its_los
         assert trainer and board
 
         code = sh("docker", "wait", trainer, env=env, timeout=1800).stdout.strip()
-        log = sh("docker", "logs", trainer, env=env).stdout + sh("docker", "logs", trainer, env=env).stderr
+        logs = sh("docker", "logs", trainer, env=env)
+        log = logs.stdout + logs.stderr
         # A missing compiler shows here as "c++: not found" from DeepSpeed's JIT build of its shm comm op.
         assert code == "0", f"trainer exited {code}:\n{log[-6000:]}"
         timings["train"] = time.monotonic() - start
