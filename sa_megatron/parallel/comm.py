@@ -9,12 +9,15 @@ Sequence parallelism (Megatron-LM's scheme; tensors are (batch, seq, hidden), sp
 - gather_from_sequence_parallel_region:       forward all-gather,             backward reduce-scatter (before column)
 - reduce_scatter_to_sequence_parallel_region: forward reduce-scatter,         backward all-gather     (after row)
 
-With a group of one rank (or None) every op is the identity, forward and backward.
+Each is one pair (forward, backward) of plain functions run by `_RegionOp`. With a group of one rank (or None)
+every op is the identity, forward and backward, and adds no autograd node.
 """
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
+
+Collective = Callable[[torch.Tensor, Optional[dist.ProcessGroup]], torch.Tensor]
 
 
 def group_size(group: Optional[dist.ProcessGroup]) -> int:
@@ -28,52 +31,22 @@ def all_reduce_sum(tensor: torch.Tensor, group: Optional[dist.ProcessGroup]) -> 
     return tensor
 
 
-def _split_last_dim(tensor: torch.Tensor, group: Optional[dist.ProcessGroup]) -> torch.Tensor:
-    size = group_size(group)
-    if size == 1:
-        return tensor
-    return tensor.chunk(size, dim=-1)[dist.get_rank(group)].contiguous()
+def _identity(tensor: torch.Tensor, group) -> torch.Tensor:
+    return tensor.view_as(tensor)
 
 
-def _gather_last_dim(tensor: torch.Tensor, group: Optional[dist.ProcessGroup]) -> torch.Tensor:
-    size = group_size(group)
-    if size == 1:
-        return tensor
-    parts = [torch.empty_like(tensor) for _ in range(size)]
+def _summed_copy(tensor: torch.Tensor, group) -> torch.Tensor:
+    return all_reduce_sum(tensor.clone(), group)
+
+
+def _split_last_dim(tensor: torch.Tensor, group) -> torch.Tensor:
+    return tensor.chunk(group_size(group), dim=-1)[dist.get_rank(group)].contiguous()
+
+
+def _gather_last_dim(tensor: torch.Tensor, group) -> torch.Tensor:
+    parts = [torch.empty_like(tensor) for _ in range(group_size(group))]
     dist.all_gather(parts, tensor.contiguous(), group=group)
     return torch.cat(parts, dim=-1)
-
-
-class _CopyToRegion(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, tensor, group):
-        ctx.group = group
-        return tensor.view_as(tensor)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return all_reduce_sum(grad.clone(), ctx.group), None
-
-
-class _ReduceFromRegion(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, tensor, group):
-        return all_reduce_sum(tensor.clone(), group)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, None
-
-
-class _GatherFromRegion(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, tensor, group):
-        ctx.group = group
-        return _gather_last_dim(tensor, group)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _split_last_dim(grad, ctx.group), None
 
 
 def _split_sequence(tensor: torch.Tensor, group) -> torch.Tensor:
@@ -95,59 +68,27 @@ def _reduce_scatter_sequence(tensor: torch.Tensor, group) -> torch.Tensor:
     return out.transpose(0, 1)
 
 
-class _ScatterToSequence(torch.autograd.Function):
+class _RegionOp(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, tensor, group):
-        ctx.group = group
-        return _split_sequence(tensor, group)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _gather_sequence(grad, ctx.group), None
-
-
-class _GatherFromSequence(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, tensor, group):
-        ctx.group = group
-        return _gather_sequence(tensor, group)
+    def forward(ctx, tensor, group, forward: Collective, backward: Collective):
+        ctx.group, ctx.backward = group, backward
+        return forward(tensor, group)
 
     @staticmethod
     def backward(ctx, grad):
-        return _reduce_scatter_sequence(grad, ctx.group), None
+        return ctx.backward(grad, ctx.group), None, None, None
 
 
-class _ReduceScatterToSequence(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, tensor, group):
-        ctx.group = group
-        return _reduce_scatter_sequence(tensor, group)
+def _region_op(forward: Collective, backward: Collective) -> Collective:
+    def op(tensor: torch.Tensor, group: Optional[dist.ProcessGroup]) -> torch.Tensor:
+        return tensor if group_size(group) == 1 else _RegionOp.apply(tensor, group, forward, backward)
 
-    @staticmethod
-    def backward(ctx, grad):
-        return _gather_sequence(grad, ctx.group), None
+    return op
 
 
-# A single rank skips the autograd node altogether: nothing to communicate either way.
-def copy_to_tensor_parallel_region(tensor, group):
-    return tensor if group_size(group) == 1 else _CopyToRegion.apply(tensor, group)
-
-
-def reduce_from_tensor_parallel_region(tensor, group):
-    return tensor if group_size(group) == 1 else _ReduceFromRegion.apply(tensor, group)
-
-
-def gather_from_tensor_parallel_region(tensor, group):
-    return tensor if group_size(group) == 1 else _GatherFromRegion.apply(tensor, group)
-
-
-def scatter_to_sequence_parallel_region(tensor, group):
-    return tensor if group_size(group) == 1 else _ScatterToSequence.apply(tensor, group)
-
-
-def gather_from_sequence_parallel_region(tensor, group):
-    return tensor if group_size(group) == 1 else _GatherFromSequence.apply(tensor, group)
-
-
-def reduce_scatter_to_sequence_parallel_region(tensor, group):
-    return tensor if group_size(group) == 1 else _ReduceScatterToSequence.apply(tensor, group)
+copy_to_tensor_parallel_region = _region_op(_identity, _summed_copy)
+reduce_from_tensor_parallel_region = _region_op(_summed_copy, _identity)
+gather_from_tensor_parallel_region = _region_op(_gather_last_dim, _split_last_dim)
+scatter_to_sequence_parallel_region = _region_op(_split_sequence, _gather_sequence)
+gather_from_sequence_parallel_region = _region_op(_gather_sequence, _reduce_scatter_sequence)
+reduce_scatter_to_sequence_parallel_region = _region_op(_reduce_scatter_sequence, _gather_sequence)

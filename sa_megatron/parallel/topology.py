@@ -8,6 +8,8 @@ Until `init_topology` (training) or `set_tensor_parallel_group` (a bare model in
 single rank of every group: group None, rank 0, size 1, so parallel layers are plain nn.Linear / nn.Embedding math and
 every communication op is a no-op. Layers read the groups when they are built: set them before building a model.
 """
+import contextlib
+import io
 from typing import NamedTuple, Optional
 
 import torch.distributed as dist
@@ -24,8 +26,8 @@ class _State(NamedTuple):
 _state = _State()
 
 
-def init_topology(tensor_parallel: int, pipeline_parallel: int, sequence_parallel: bool = False):
-    """Build the process groups of the grid over the initialized default group; returns DeepSpeed's topology."""
+def init_topology(tensor_parallel: int, pipeline_parallel: int, sequence_parallel: bool = False) -> None:
+    """Build the process groups of the grid over the initialized default group."""
     from deepspeed.runtime.pipe.topology import PipelineParallelGrid, PipeModelDataParallelTopology
 
     global _state
@@ -36,21 +38,16 @@ def init_topology(tensor_parallel: int, pipeline_parallel: int, sequence_paralle
                           f"{tensor_parallel * pipeline_parallel} ranks")
     data_parallel = world // (tensor_parallel * pipeline_parallel)
     topology = PipeModelDataParallelTopology(num_pp=pipeline_parallel, num_mp=tensor_parallel, num_dp=data_parallel)
-    grid = PipelineParallelGrid(topology=topology)
+    with contextlib.redirect_stdout(io.StringIO()):  # DeepSpeed prints the whole rank table on rank 0
+        grid = PipelineParallelGrid(topology=topology)
     tensor_group = grid.get_slice_parallel_group() if tensor_parallel > 1 else None
     _state = _State(tensor_group, sequence_parallel and tensor_parallel > 1, grid)
-    return topology
 
 
 def set_tensor_parallel_group(group: Optional[dist.ProcessGroup], sequence_parallel: bool = False) -> None:
     """Make `group` the tensor-parallel group of a bare model (no data or pipeline axes; None returns to one rank)."""
     global _state
     _state = _State(group, sequence_parallel and group is not None and dist.get_world_size(group) > 1)
-
-
-def reset_topology() -> None:
-    global _state
-    _state = _State()
 
 
 def grid():
