@@ -66,11 +66,16 @@ def check_rank(rank, init_file):
         dist.destroy_process_group()
 
 
-@pytest.mark.distributed
-def test_tensor_parallel_two_ranks_match_one_rank():
+def spawn_ranks(check) -> None:
+    """Run `check(rank, init_file)` in WORLD real processes that form one gloo group."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(check_rank, args=(os.path.join(tmp, "init"),), nprocs=WORLD, join=True)
+        mp.spawn(check, args=(os.path.join(tmp, "init"),), nprocs=WORLD, join=True)
+
+
+@pytest.mark.distributed
+def test_tensor_parallel_two_ranks_match_one_rank():
+    spawn_ranks(check_rank)
 
 
 def check_dropout_streams(rank, init_file):
@@ -105,6 +110,4 @@ def check_dropout_streams(rank, init_file):
 
 @pytest.mark.distributed
 def test_dropout_differs_per_tensor_rank_only_on_sequence_shards_and_its_stream_restores():
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(check_dropout_streams, args=(os.path.join(tmp, "init"),), nprocs=WORLD, join=True)
+    spawn_ranks(check_dropout_streams)
