@@ -86,6 +86,9 @@ def build_engine(config: Config, padded_vocab_size: int, data_parallel: int):
     deepspeed.utils.logger.setLevel(logging.WARNING)
     # DeepSpeed's ZeRO still calls torch.distributed collectives that torch has renamed, once per step.
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed.c10d_logger")
+    # DeepSpeed's pipeline engine leaves a c10d broadcast in the autograd graph, which torch warns about on every
+    # backward; the layout tests check the resulting gradients against the one-process run.
+    warnings.filterwarnings("ignore", message="c10d::broadcast_: an autograd kernel was not registered")
     model = build_layout_model(config, padded_vocab_size)
     pipelined = config.parallel.pipeline_parallel > 1
     engine, *_ = deepspeed.initialize(
