@@ -180,3 +180,13 @@ def test_sequence_parallelism_splits_the_replicated_activations(capsys):
                              for l in json.loads(out)["layouts"]}
     assert plans[True][(1, 4)] == plans[False][(1, 4)]  # nothing to split at tp = 1
     assert plans[True][(8, 1)] < plans[False][(8, 1)]
+
+
+def test_pipeline_bytes_follow_what_deepspeed_sends():
+    from sa_megatron.planning.communication import pipeline_bytes
+
+    # Measured by benchmarks/parallel.py: at PP2 each stage sends one direction; a tensor rank sends 1/tp.
+    assert pipeline_bytes(1, 4, 1000, 1) == 0
+    assert pipeline_bytes(2, 4, 1000, 1) == 4000
+    assert pipeline_bytes(2, 4, 1000, 2) == 2000
+    assert pipeline_bytes(4, 4, 1000, 1) == 8000  # an inner stage sends forward and backward

@@ -44,6 +44,12 @@ def data_parallel_bytes(data_parallel: int, gradient_bytes: int, weight_bytes: i
     return gradients + gathers * share * weight_bytes
 
 
-def pipeline_bytes(pipeline_parallel: int, micro_batches: int, activation_bytes: int) -> float:
-    """An inner stage sends each micro-batch's output forward and its input's gradient backward."""
-    return 0.0 if pipeline_parallel == 1 else 2 * micro_batches * activation_bytes
+def pipeline_bytes(pipeline_parallel: int, micro_batches: int, activation_bytes: int, tensor_parallel: int) -> float:
+    """What the busiest stage sends: an inner stage sends each micro-batch's output forward and its input's gradient
+    backward; with two stages each sends one of them. A tensor rank sends 1/tp of each activation: its sequence
+    shard, or without sequence parallelism the slice DeepSpeed partitions it into (rebuilt by an all-gather over the
+    tensor group on arrival). Measured by benchmarks/parallel.py."""
+    if pipeline_parallel == 1:
+        return 0.0
+    sends = 2 if pipeline_parallel > 2 else 1
+    return sends * micro_batches * activation_bytes / tensor_parallel

@@ -144,7 +144,7 @@ def _evaluate(config: Config, vocab_size: int, parameters: ModelParameters, clus
             embedding_or_head=(busiest == 0) + (busiest == pp - 1)),
         data_parallel=data_parallel_bytes(dp, stage_params * gradient_reduce_bytes(t.precision),
                                           stage_params * element_bytes, zero),
-        pipeline=pipeline_bytes(pp, micro_batches, hidden_bytes),
+        pipeline=pipeline_bytes(pp, micro_batches, hidden_bytes, tp),
     )
     # Groups that span more ranks than a node holds cross the network.
     dp_link = cluster.inter_node_gbps if tp * dp > cluster.gpus_per_node else cluster.intra_node_gbps
