@@ -96,6 +96,14 @@ def test_dape_cannot_split_heads_over_tensor_parallel():
         load_config([], ["model.position_encoding=dapev2-kerple", "parallel.tensor_parallel=2"])
 
 
+@pytest.mark.parametrize("attention", ("sa", "sa_raw"))
+def test_fp16_refuses_sa_attention(attention):
+    with pytest.raises(ConfigError, match=f"precision='fp16' cannot train model.attention='{attention}'.*'bf16'"):
+        load_config([], ["training.precision=fp16", f"model.attention={attention}"])
+    load_config([], ["training.precision=bf16", f"model.attention={attention}"])
+    load_config([], ["training.precision=fp16", "model.attention=softmax"])
+
+
 def test_pipeline_with_zero2_is_rejected():
     with pytest.raises(ConfigError, match="DeepSpeed's pipeline engine supports ZeRO stage 0 or 1"):
         load_config([], ["parallel.pipeline_parallel=2", "parallel.zero_stage=2"])

@@ -84,6 +84,12 @@ def validate(config: Config, world_size: Optional[int] = None) -> None:
                 "model.position_encoding='dapev2-kerple' mixes all heads in its score MLP and cannot be split "
                 f"over parallel.tensor_parallel={p.tensor_parallel}; use tensor_parallel=1"
             )
+    if t.precision == "fp16" and m.attention in ("sa", "sa_raw"):
+        raise ConfigError(
+            f"training.precision='fp16' cannot train model.attention='{m.attention}': its score gradient scales with "
+            "1/delta and overflows fp16 on rows with near-zero scores; use training.precision='bf16' (same memory, "
+            "fp32's exponent range) or model.attention='softmax'"
+        )
     if config.checkpoint.keep_last < 1:
         raise ConfigError(f"checkpoint.keep_last must be at least 1, got {config.checkpoint.keep_last}")
     if m.max_position_embeddings is not None and m.position_encoding == "learned" and m.max_position_embeddings < m.seq_length:

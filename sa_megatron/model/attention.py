@@ -55,7 +55,9 @@ class SelfAttention(nn.Module):
         qkv = self.qkv(x)  # the whole sequence, also when x is this rank's part of it (sequence parallelism)
         batch, seq, _ = qkv.shape
         qkv = qkv.view(batch, seq, self.local_heads, 3, self.head_dim)
-        q, k, v = (qkv[:, :, :, i].transpose(1, 2) for i in range(3))  # each (B, H, N, D)
+        # unbind: one backward that writes all three gradients into one buffer (three selects would each
+        # zero-fill a full-size gradient buffer)
+        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(3))  # each (B, H, N, D)
         if self.rotary is not None:
             q, k = self.rotary(q, k)
         if self.measure_row_mass:
