@@ -6,8 +6,13 @@ fewer heads that divide the query heads (grouped-query attention). It is differe
 and the Kerple ``(p, a)`` parameters. Semantics are DESIGN §6's, shared with ``kernels/eager.py``; the bias
 convention is ``kernels/bias.py``'s.
 
-Runs on CUDA tensors, or on CPU tensors when ``TRITON_INTERPRET=1`` was set before triton was imported.
+Runs on CUDA tensors (launched on ``q.device``, whatever the current device), or on CPU tensors when
+``TRITON_INTERPRET=1`` was set before triton was imported. Block sizes come from ``kernels/tuned_configs.py``.
+
+fp32 inputs follow ``torch.get_float32_matmul_precision()``: "highest" (torch's default) gives IEEE fp32 dots,
+"high" / "medium" TF32 dots, as torch's own fp32 matmuls do.
 """
+import contextlib
 import math
 
 import torch
@@ -18,8 +23,9 @@ from kernels.api import check_inputs
 from kernels.eager import check_causal_lengths
 from kernels.triton_backward import (PREPROCESS_BLOCK_M, sa_backward_dkdv_kernel, sa_backward_dq_kernel,
                                      sa_backward_preprocess_kernel)
-from kernels.triton_common import INTERPRET, VARIANT_CODES
+from kernels.triton_common import INTERPRET, VARIANT_CODES, check_row_strides, launch_grid
 from kernels.triton_forward import sa_forward_kernel
+from kernels.tuned_configs import launch
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256
@@ -30,8 +36,20 @@ def _bias_code(alibi_slopes, kerple):
 
 
 def _dot_precision(dtype):
-    # fp32 inputs get true fp32 products (torch's fp32 matmul default), not TF32.
-    return "ieee" if dtype == torch.float32 else "tf32"
+    # fp32: IEEE products under torch's default "highest" fp32 matmul precision, TF32 when the user allowed it.
+    if dtype == torch.float32 and torch.get_float32_matmul_precision() == "highest":
+        return "ieee"
+    return "tf32"
+
+
+def _on_device(t):
+    """Launch on the tensor's own GPU, not the current device (a no-op for CPU tensors under the interpreter)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def _check_strides(*tensors):
+    for t in tensors:
+        check_row_strides(256, t.stride(2))  # 256: above every tile edge that tuned_configs offers
 
 
 def _block_d(head_dim):
@@ -80,16 +98,15 @@ class _TritonSAAttention(torch.autograd.Function):
                 argmin = torch.empty(batch * heads, n_q, device=q.device, dtype=torch.int32)
                 argmax = torch.empty(batch * heads, n_q, device=q.device, dtype=torch.int32)
 
-        def grid(meta):
-            return triton.cdiv(n_q, meta["BLOCK_M"]), batch * heads
-
-        sa_forward_kernel[grid](
-            q, k, v, out, out_f32, out_std, lse, row_a, row_delta, argmin, argmax, bias_params,
-            *_bhn_strides(q), *_bhn_strides(k), *_bhn_strides(v), *_bhn_strides(out),
-            heads, heads // kv_heads, n_q, n_k, head_dim, scale, eps,
-            VARIANT=code, CAUSAL=causal, BIAS=bias, DOT_PRECISION=_dot_precision(q.dtype),
-            SAVE_FOR_BACKWARD=needs_backward, SAVE_FP32_OUT=save_fp32_out, BLOCK_D=_block_d(head_dim),
-        )
+        _check_strides(q, k, v, out)
+        with _on_device(q):
+            launch("forward", sa_forward_kernel, lambda bm, bn: launch_grid(triton.cdiv(n_q, bm), batch, heads),
+                   (q, k, v, out, out_f32, out_std, lse, row_a, row_delta, argmin, argmax, bias_params,
+                    *_bhn_strides(q), *_bhn_strides(k), *_bhn_strides(v), *_bhn_strides(out),
+                    heads, heads // kv_heads, n_q, n_k, head_dim, scale, eps),
+                   variant=variant, dtype=q.dtype, block_d=_block_d(head_dim), causal=causal, n_q=n_q, n_k=n_k,
+                   VARIANT=code, CAUSAL=causal, BIAS=bias, DOT_PRECISION=_dot_precision(q.dtype),
+                   SAVE_FOR_BACKWARD=needs_backward, SAVE_FP32_OUT=save_fp32_out, BLOCK_D=_block_d(head_dim))
         ctx.save_for_backward(q, k, v, out_f32, out_std, lse, row_a, row_delta, argmin, argmax, bias_params)
         ctx.options = (variant, causal, scale, bias)
         ctx.kerple_dtype = kerple_p.dtype if kerple_p is not None else None
@@ -103,55 +120,65 @@ class _TritonSAAttention(torch.autograd.Function):
         batch, heads, n_q, head_dim = q.shape
         kv_heads, n_k = k.shape[1], k.shape[2]
         dout = _unit_last_stride(dout)
-        code = VARIANT_CODES[variant]
-        block_d = _block_d(head_dim)
-        precision = _dot_precision(q.dtype)
-        stats = dict(device=q.device, dtype=torch.float32)
-
-        row_d = torch.empty(batch * heads, n_q, **stats)
-        if variant == "sa":
-            row_ga = torch.empty(batch * heads, n_q, **stats)
-            row_gb = torch.empty(batch * heads, n_q, **stats)
-        else:  # not read by these variants' kernels
-            row_ga = row_gb = row_d
-        sa_backward_preprocess_kernel[(triton.cdiv(n_q, PREPROCESS_BLOCK_M), batch * heads)](
-            out_f32, out_std, dout, row_delta, argmin, argmax, row_d, row_ga, row_gb,
-            *_bhn_strides(out_f32), *_bhn_strides(dout), heads, n_q, head_dim,
-            VARIANT=code, BLOCK_M=PREPROCESS_BLOCK_M, BLOCK_D=block_d,
-        )
-
-        # dK / dV per query head; grouped-query heads are summed below in fp32 (deterministic, no atomics).
-        grad_kv_dtype = q.dtype if kv_heads == heads else torch.float32
-        dk = torch.empty(batch, heads, n_k, head_dim, device=q.device, dtype=grad_kv_dtype)
-        dv = torch.empty_like(dk)
-        common = dict(VARIANT=code, CAUSAL=causal, BIAS=bias, DOT_PRECISION=precision, BLOCK_D=block_d)
-        sa_backward_dkdv_kernel[lambda meta: (triton.cdiv(n_k, meta["BLOCK_N"]), batch * heads)](
-            q, k, v, dout, dk, dv, lse, row_a, row_delta, argmin, argmax, row_d, row_ga, row_gb, bias_params,
-            *_bhn_strides(q), *_bhn_strides(k), *_bhn_strides(v), *_bhn_strides(dout), *_bhn_strides(dk),
-            heads, heads // kv_heads, n_q, n_k, head_dim, scale, **common,
-        )
-
-        dq = torch.empty_like(q)
-        kerple = bias == 2
-        row_grad_p = torch.empty(batch * heads, n_q, **stats) if kerple else row_d
-        row_grad_a = torch.empty(batch * heads, n_q, **stats) if kerple else row_d
-        sa_backward_dq_kernel[lambda meta: (triton.cdiv(n_q, meta["BLOCK_M"]), batch * heads)](
-            q, k, v, dout, dq, lse, row_a, row_delta, argmin, argmax, row_d, row_ga, row_gb, bias_params,
-            row_grad_p, row_grad_a,
-            *_bhn_strides(q), *_bhn_strides(k), *_bhn_strides(v), *_bhn_strides(dout), *_bhn_strides(dq),
-            heads, heads // kv_heads, n_q, n_k, head_dim, scale, **common,
-        )
+        _check_strides(dout)
+        with _on_device(q):
+            dq, dk, dv, row_grad_p, row_grad_a = _backward_kernels(
+                q, k, v, dout, out_f32, out_std, lse, row_a, row_delta, argmin, argmax, bias_params,
+                variant, causal, scale, bias)
 
         if kv_heads != heads:
             group = heads // kv_heads
             dk = dk.view(batch, kv_heads, group, n_k, head_dim).sum(2).to(q.dtype)
             dv = dv.view(batch, kv_heads, group, n_k, head_dim).sum(2).to(q.dtype)
         grad_p = grad_a = None
-        if kerple:
+        if bias == 2:
             grad_p = row_grad_p.view(batch, heads, n_q).sum(dim=(0, 2))
             grad_a = row_grad_a.view(batch, heads, n_q).sum(dim=(0, 2))
             grad_p, grad_a = grad_p.to(ctx.kerple_dtype), grad_a.to(ctx.kerple_dtype)
         return dq, dk, dv, grad_p, grad_a, None, None, None, None, None, None
+
+
+def _backward_kernels(q, k, v, dout, out_f32, out_std, lse, row_a, row_delta, argmin, argmax, bias_params,
+                      variant, causal, scale, bias):
+    """Preprocess, dK/dV and dQ kernels; returns dq, dk, dv (per query head) and Kerple's per-row sums."""
+    batch, heads, n_q, head_dim = q.shape
+    kv_heads, n_k = k.shape[1], k.shape[2]
+    code = VARIANT_CODES[variant]
+    block_d = _block_d(head_dim)
+    stats = dict(device=q.device, dtype=torch.float32)
+
+    row_d = torch.empty(batch * heads, n_q, **stats)
+    if variant == "sa":
+        row_ga, row_gb, row_c1, row_c0 = (torch.empty(batch * heads, n_q, **stats) for _ in range(4))
+    else:  # not read by these variants' kernels
+        row_ga = row_gb = row_c1 = row_c0 = row_d
+    sa_backward_preprocess_kernel[launch_grid(triton.cdiv(n_q, PREPROCESS_BLOCK_M), batch, heads)](
+        out_f32, out_std, dout, row_a, row_delta, argmin, argmax, row_d, row_ga, row_gb, row_c1, row_c0,
+        *_bhn_strides(out_f32), *_bhn_strides(dout), heads, n_q, head_dim,
+        VARIANT=code, BLOCK_M=PREPROCESS_BLOCK_M, BLOCK_D=block_d,
+    )
+
+    # dK / dV per query head; grouped-query heads are summed by the caller in fp32 (deterministic, no atomics).
+    grad_kv_dtype = q.dtype if kv_heads == heads else torch.float32
+    dk = torch.empty(batch, heads, n_k, head_dim, device=q.device, dtype=grad_kv_dtype)
+    dv = torch.empty_like(dk)
+    common = dict(variant=variant, dtype=q.dtype, block_d=block_d, causal=causal, n_q=n_q, n_k=n_k,
+                  VARIANT=code, CAUSAL=causal, BIAS=bias, DOT_PRECISION=_dot_precision(q.dtype), BLOCK_D=block_d)
+    row_stats = (lse, row_d, row_c1, row_c0, row_ga, row_gb, argmin, argmax)
+    launch("dkdv", sa_backward_dkdv_kernel, lambda bm, bn: launch_grid(triton.cdiv(n_k, bn), batch, heads),
+           (q, k, v, dout, dk, dv, *row_stats, bias_params,
+            *_bhn_strides(q), *_bhn_strides(k), *_bhn_strides(v), *_bhn_strides(dout), *_bhn_strides(dk),
+            heads, heads // kv_heads, n_q, n_k, head_dim, scale), **common)
+
+    dq = torch.empty_like(q)
+    kerple = bias == 2
+    row_grad_p = torch.empty(batch * heads, n_q, **stats) if kerple else row_d
+    row_grad_a = torch.empty(batch * heads, n_q, **stats) if kerple else row_d
+    launch("dq", sa_backward_dq_kernel, lambda bm, bn: launch_grid(triton.cdiv(n_q, bm), batch, heads),
+           (q, k, v, dout, dq, *row_stats, bias_params, row_grad_p, row_grad_a,
+            *_bhn_strides(q), *_bhn_strides(k), *_bhn_strides(v), *_bhn_strides(dout), *_bhn_strides(dq),
+            heads, heads // kv_heads, n_q, n_k, head_dim, scale), **common)
+    return dq, dk, dv, row_grad_p, row_grad_a
 
 
 def _check_inputs(q, k, v, variant, causal, scale, alibi_slopes, kerple, eps):
