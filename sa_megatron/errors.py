@@ -19,3 +19,7 @@ class DataError(UserInputError):
 
 class CheckpointError(UserInputError):
     """A checkpoint is missing, incomplete or does not match the run."""
+
+
+class RendezvousError(UserInputError):
+    """The ranks of a multi-process run could not meet: wrong MASTER_ADDR/port/interface, or a rank never started."""

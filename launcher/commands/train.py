@@ -1,6 +1,15 @@
-"""`sa-megatron train CONFIG... [--set k=v]`: the per-rank training entry (launch it with torchrun, srun or alone)."""
+"""`sa-megatron train CONFIG... [--set k=v]`: the per-rank training entry (launch it with torchrun, srun or alone).
+
+When SA_MEGATRON_EXIT_REASON_FILE names a file, rank 0 writes why training ended into it: `stopped` (a SIGTERM or
+SIGUSR1 made the run save and stop early: there is more to train) or `finished` (training.train_iters reached).
+The Slurm script reads it to decide whether the job requeues itself: only `stopped` does.
+"""
+
+import os
 
 from launcher.commands.config import add_config_arguments
+
+EXIT_REASON_FILE = "SA_MEGATRON_EXIT_REASON_FILE"
 
 
 def register(subparsers) -> None:
@@ -18,7 +27,11 @@ def run_train(args) -> int:
     from sa_megatron.training.loop import train
 
     try:
-        train(load_config(args.configs, args.overrides))
+        result = train(load_config(args.configs, args.overrides))
+        reason_file = os.environ.get(EXIT_REASON_FILE)
+        if reason_file and dist.get_rank() == 0:
+            with open(reason_file, "w") as f:
+                f.write("stopped\n" if result.stopped_by_signal else "finished\n")
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -51,6 +51,12 @@ class ParallelConfig:
     sequence_parallel: bool = doc(False, "Megatron's sequence parallelism: norms, dropout and residuals hold 1/tensor_parallel of the sequence.")
     zero_stage: int = doc(0, "DeepSpeed ZeRO stage 0-3; pipeline_parallel > 1 takes stages 0-1, tensor_parallel > 1 stages 0-2.")
     backend: Literal["auto", "gloo", "nccl"] = doc("auto", "torch.distributed backend; auto = nccl on GPU, gloo on CPU.")
+    socket_ifname: Optional[str] = doc(
+        None, "Network interface(s) gloo and NCCL use between nodes, e.g. 'eth0' or 'ib0,ib1' (sets GLOO_SOCKET_IFNAME "
+              "and NCCL_SOCKET_IFNAME); null = those variables from the environment, else the libraries' own choice.")
+    init_timeout_s: float = doc(
+        180.0, "Seconds the rendezvous may take (master reachable, every rank joined) before each rank fails with a "
+               "one-line message naming MASTER_ADDR, MASTER_PORT and the missing ranks.")
 
 
 @dataclass

@@ -55,7 +55,7 @@ def _train(config: Config, stop: StopRequest) -> TrainResult:
     check_run_config(config, world_size_from_env())
     tokenizer = load_tokenizer(config.tokenizer.model)
     config, padded_vocab = resolve_vocab(config, tokenizer)
-    init_distributed(config.parallel.backend)
+    init_distributed(config.parallel.backend, config.parallel.socket_ifname, config.parallel.init_timeout_s)
     p = config.parallel
     topology.init_topology(p.tensor_parallel, p.pipeline_parallel, p.sequence_parallel)
     dp_size, dp_rank = topology.data_parallel_world_size(), topology.data_parallel_rank()
