@@ -8,6 +8,10 @@ forward 4·B·H·N²·D (half if causal), backward 2.5x forward.
 
     python -m benchmarks.attention --quick          # fast CPU run (from the repository root)
     python -m benchmarks.attention --section gpu    # GPU tables only
+    python -m benchmarks.attention --section check --out FILE   # benchmarks/gpu_check.sh: correctness + table
+
+GPU rows use batch x heads >= 64 (enough programs to fill an H100/H200) and time the forward as training runs it
+(inputs require grad: the statistics for the backward are saved).
 """
 import argparse
 import json
@@ -31,7 +35,8 @@ EAGER_SCORE_COPIES = 12
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--section", choices=["cpu", "gpu", "all"], default="all")
+    parser.add_argument("--section", choices=["cpu", "gpu", "all", "check"], default="all")
+    parser.add_argument("--out", help="--section check: results file (markdown)")
     parser.add_argument("--quick", action="store_true", help="CPU: N = 1k, 2k only; GPU: N = 1k, 4k only")
     parser.add_argument("--lengths", type=int, nargs="+", help="sequence lengths (overrides the defaults)")
     parser.add_argument("--batch", type=int, default=1)
@@ -159,9 +164,8 @@ def time_cuda(fn, repeats):
 
 
 def measure_gpu_peer(attention, q, k, v, dout, backward, repeats):
-    def forward_only():
-        with torch.no_grad():
-            attention(q, k, v)
+    def forward_only():  # as in training: inputs require grad, so the forward saves what the backward needs
+        attention(q, k, v)
 
     def forward_backward():
         torch.autograd.grad(attention(q, k, v), (q, k, v), dout)
@@ -187,15 +191,16 @@ def gpu_section(args):
 
 
 def gpu_rows(args, n, heads, head_dim, causal, backward, total_gib):
+    batch = max(args.batch, -(-64 // heads))  # batch x heads >= 64: one program per (block, head) must fill the GPU
     gen = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v, dout = (torch.randn(args.batch, heads, n, head_dim, device="cuda", dtype=torch.bfloat16,
+    q, k, v, dout = (torch.randn(batch, heads, n, head_dim, device="cuda", dtype=torch.bfloat16,
                                  generator=gen) for _ in range(4))
     for t in (q, k, v):
         t.requires_grad_()
-    flops = attention_flops(args.batch, heads, n, head_dim, causal, backward)
+    flops = attention_flops(batch, heads, n, head_dim, causal, backward)
     results = {}
     for name, attention in gpu_peers(causal).items():
-        if name == "eager sa" and eager_estimate_gib(args.batch, heads, n) > min(args.eager_max_gib, total_gib / 2):
+        if name == "eager sa" and eager_estimate_gib(batch, heads, n) > min(args.eager_max_gib, total_gib / 2):
             results[name] = "skipped: would not fit"
             continue
         results[name] = measure_gpu_peer(attention, q, k, v, dout, backward, args.repeats)
@@ -210,11 +215,182 @@ def gpu_rows(args, n, heads, head_dim, causal, backward, total_gib):
         print(f"{n:>6} {name:<14} {tflops:>8.1f} {ratio} {result[1]:>9.2f}")
 
 
+# ---------------------------------------------------------------- GPU check (benchmarks/gpu_check.sh)
+
+
+def check_cases():
+    """(label, options for make_inputs, attention options, layout): one compile each, ~10 s; see gpu_check.sh."""
+    cases = []
+    for variant in ("softmax", "sa", "sa_raw"):
+        for bias in (None, "alibi", "kerple"):
+            cases.append((f"bf16 {variant} {bias} d128", dict(n_q=1000, head_dim=128, bias=bias,
+                                                              dtype=torch.bfloat16), dict(variant=variant), "bhnd"))
+    for head_dim, variant in ((64, "sa"), (80, "sa_raw"), (96, "sa"), (256, "softmax"), (256, "sa")):
+        cases.append((f"bf16 {variant} kerple d{head_dim}", dict(n_q=777, head_dim=head_dim, bias="kerple",
+                                                                 dtype=torch.bfloat16), dict(variant=variant), "bhnd"))
+    for variant in ("softmax", "sa", "sa_raw"):
+        cases.append((f"fp32 {variant} alibi d64", dict(n_q=513, head_dim=64, bias="alibi", dtype=torch.float32),
+                      dict(variant=variant), "bhnd"))
+    cases.append(("fp16 softmax kerple d128", dict(n_q=1000, head_dim=128, bias="kerple", dtype=torch.float16),
+                  dict(variant="softmax"), "bhnd"))
+    cases.append(("bf16 sa kerple d128 non-causal", dict(n_q=1000, head_dim=128, bias="kerple",
+                                                         dtype=torch.bfloat16), dict(variant="sa", causal=False),
+                  "bhnd"))
+    cases.append(("bf16 sa kerple d128 fused-QKV strides", dict(n_q=1000, head_dim=128, bias="kerple",
+                                                                dtype=torch.bfloat16), dict(variant="sa"), "fused"))
+    cases.append(("bf16 sa alibi d128 GQA 8:2", dict(n_q=1000, head_dim=128, bias="alibi", heads=8,
+                                                     dtype=torch.bfloat16), dict(variant="sa"), "gqa"))
+    return cases
+
+
+def _layout(inputs, layout):
+    if layout == "fused":  # (B, N, H, 3, D) storage, as the model's QKV projection writes it, read in place
+        q, k, v = inputs["q"], inputs["k"], inputs["v"]
+        fused = torch.stack([t.transpose(1, 2) for t in (q, k, v)], dim=3).contiguous()
+        inputs["q"], inputs["k"], inputs["v"] = (t.transpose(1, 2) for t in fused.unbind(3))
+    elif layout == "gqa":
+        for name in ("k", "v"):
+            inputs[name] = inputs[name][:, :2].contiguous()
+    return inputs
+
+
+def _check_one(inputs, options):
+    """max error / allowed error (tolerance rule of tests/kernels/reference.py) over out and grads."""
+    from kernels.triton_attention import triton_attention
+    from tests.kernels.reference import as_float64, floor_for, outputs_and_grads
+
+    group = inputs["q"].shape[1] // inputs["k"].shape[1]
+
+    def eager(q, k, v, **o):
+        return eager_attention(q, k.repeat_interleave(group, 1), v.repeat_interleave(group, 1), **o)
+    options = dict(dict(causal=True), **options)
+    ref = outputs_and_grads(eager, as_float64(inputs), **options)
+    same = outputs_and_grads(eager, inputs, **options)
+    got = outputs_and_grads(triton_attention, inputs, **options)
+    worst = 0.0
+    for name, want in ref.items():
+        allowed = 2 * (same[name] - want).abs().max().item() + floor_for(inputs["q"].dtype, want)
+        error = (got[name] - want).abs().max().item() if torch.isfinite(got[name]).all() else float("inf")
+        worst = max(worst, error / allowed)
+    return worst
+
+
+def _big_kerple_case():
+    """B·H = 256, N = 16k, d = 128, Kerple sa: the whole launch, checked on its last (batch, head) slice."""
+    from kernels.triton_attention import triton_attention
+    from tests.kernels.reference import floor_for
+
+    n, head_dim = 16384, 128
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v, dout = (torch.randn(16, 16, n, head_dim, device="cuda", dtype=torch.bfloat16, generator=gen)
+                     for _ in range(4))
+    p = torch.rand(16, device="cuda", generator=gen) * 2 + 0.01
+    a = torch.rand(16, device="cuda", generator=gen) + 0.01
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    out = triton_attention(*leaves, variant="sa", causal=True, kerple=(p, a))
+    out.backward(dout)
+    got = [t[-1:, -1:].double() for t in (out.detach(), leaves[0].grad, leaves[1].grad, leaves[2].grad)]
+    del out, leaves
+    torch.cuda.empty_cache()
+    worst = 0.0
+    results = {}
+    for dtype in (torch.float64, torch.bfloat16):
+        sl = [t[-1:, -1:].to(dtype).requires_grad_() for t in (q, k, v)]
+        o = eager_attention(*sl, variant="sa", causal=True, kerple=(p[-1:].to(dtype), a[-1:].to(dtype)))
+        o.backward(dout[-1:, -1:].to(dtype))
+        results[dtype] = [o.detach().double()] + [t.grad.double() for t in sl]
+        del o, sl
+        torch.cuda.empty_cache()
+    for g, want, same in zip(got, results[torch.float64], results[torch.bfloat16]):
+        allowed = 2 * (same - want).abs().max().item() + floor_for(torch.bfloat16, want)
+        worst = max(worst, (g - want).abs().max().item() / allowed)
+    return worst
+
+
+def _kernel_report():
+    from kernels import tuned_configs
+    parts = []
+    for name, launch in tuned_configs.LAST_LAUNCH.items():
+        compiled = launch["compiled"]
+        regs, spills = getattr(compiled, "n_regs", "?"), getattr(compiled, "n_spills", "?")
+        parts.append(f"{name} {tuple(launch['config'])} regs {regs} spills {spills}")
+    return "; ".join(parts)
+
+
+def check_section(args):
+    """Correctness on the GPU against float64 eager, then the TFLOP/s table; one markdown file."""
+    from tests.kernels.reference import make_inputs
+
+    start = time.time()
+    lines = [f"# GPU check: {torch.cuda.get_device_name(0)}, {time.strftime('%Y-%m-%d %H:%M')}, "
+             f"torch {torch.__version__}", "", "## Correctness (error / allowed; <= 1 passes)", "",
+             "| case | worst ratio | ok | kernels: config (BLOCK_M, BLOCK_N, warps, stages), registers, spills |",
+             "|---|---|---|---|"]
+    failures = 0
+    for label, input_options, options, layout in check_cases():
+        inputs = _layout(make_inputs(device="cuda", **dict(dict(batch=2, heads=4), **input_options)), layout)
+        try:
+            worst = _check_one(inputs, options)
+            report = _kernel_report()
+        except Exception as error:  # noqa: BLE001 - one failing case must not hide the others
+            worst, report = float("inf"), f"error: {str(error).splitlines()[0][:120]}"
+        failures += not worst <= 1.0
+        lines.append(f"| {label} | {worst:.3f} | {'yes' if worst <= 1.0 else 'NO'} | {report} |")
+        print(lines[-1], flush=True)
+    try:
+        worst = _big_kerple_case()
+    except Exception as error:  # noqa: BLE001
+        worst = float("inf")
+        print(f"big case failed: {error}")
+    failures += not worst <= 1.0
+    lines.append(f"| bf16 sa kerple B·H=256 N=16k d128 (last slice) | {worst:.3f} | "
+                 f"{'yes' if worst <= 1.0 else 'NO'} | {_kernel_report()} |")
+    print(lines[-1], flush=True)
+    lines += ["", f"correctness: {failures} failing case(s), {time.time() - start:.0f} s", "",
+              "## TFLOP/s, bf16, B=4, H=16, d=128, causal (FlashAttention FLOPs: fwd 4·B·H·N²·D/2, bwd 2.5x fwd)",
+              "", "| N | pass | peer | TFLOP/s | / sdpa flash | kernels |", "|---|---|---|---|---|---|"]
+    from kernels import tuned_configs
+    for n in (4096, 8192, 16384):
+        gen = torch.Generator(device="cuda").manual_seed(0)
+        q, k, v, dout = (torch.randn(4, 16, n, 128, device="cuda", dtype=torch.bfloat16, generator=gen)
+                         for _ in range(4))
+        for t in (q, k, v):
+            t.requires_grad_()
+        for backward in (False, True):
+            flops = attention_flops(4, 16, n, 128, True, backward)
+            peers = {name: fn for name, fn in gpu_peers(True).items() if name != "eager sa"}
+            rows, flash = [], None
+            for name, attention in peers.items():
+                tuned_configs.LAST_LAUNCH.clear()
+                result = measure_gpu_peer(attention, q, k, v, dout, backward, 5)
+                tflops = flops / result[0] / 1e9 if isinstance(result, tuple) else None
+                flash = tflops if name == "sdpa flash" else flash
+                rows.append((name, tflops, result, _kernel_report() if name.startswith("triton") else ""))
+            for name, tflops, result, report in rows:
+                ratio = f"{tflops / flash:.2f}" if tflops and flash else "-"
+                value = f"{tflops:.1f}" if tflops else str(result)
+                lines.append(f"| {n} | {'fwd+bwd' if backward else 'fwd'} | {name} | {value} | {ratio} | {report} |")
+                print(lines[-1], flush=True)
+        del q, k, v, dout
+        torch.cuda.empty_cache()
+    lines += ["", f"total {time.time() - start:.0f} s; targets: sa fwd+bwd time <= 1.25x sdpa flash "
+              "(TFLOP/s ratio >= 0.8), sa_raw <= 1.1x (ratio >= 0.91), softmax on par with the Triton tutorial"]
+    pathlib.Path(args.out).write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
+    return failures
+
+
 def main():
     args = parse_args()
     if args.case:
         run_cpu_case(args)
         return
+    if args.section == "check":
+        if not torch.cuda.is_available():
+            sys.exit("benchmarks.attention --section check runs the Triton kernels on a GPU; CUDA is not available")
+        if not args.out:
+            sys.exit("--section check needs --out FILE")
+        sys.exit(1 if check_section(args) else 0)
     if args.section in ("cpu", "all"):
         cpu_section(args)
     if args.section in ("gpu", "all"):

@@ -15,7 +15,7 @@ import pytest  # noqa: E402
 
 pytest.importorskip("triton", reason="triton is not installed (it has wheels for Linux only)")
 
-from kernels import triton_common  # noqa: E402
+from kernels import triton_common, tuned_configs  # noqa: E402
 from kernels.triton_attention import triton_attention  # noqa: E402
 from tests.kernels.reference import (assert_backend_matches_reference, make_inputs, outputs_and_grads,  # noqa: E402
                                      reference64)
@@ -247,3 +247,102 @@ def test_bf16_on_gpu(variant, causal):
     n, head_dim, bias = GPU_SHAPES[(VARIANTS.index(variant) + causal) % len(GPU_SHAPES)]
     check(inputs_on_device(batch=2, heads=4, n_q=n, head_dim=head_dim, bias=bias, dtype=torch.bfloat16),
           variant=variant, causal=causal)
+
+
+# ---- loop structure: split key loops, lazy rescale, one-hot skip ------------------------------------------------
+
+INTERPRET_BLOCKS = (tuned_configs.INTERPRET_CONFIG.block_m, tuned_configs.INTERPRET_CONFIG.block_n)
+
+
+@pytest.mark.parametrize("variant, causal, n_q, n_k", [
+    ("sa", False, 64, 64),   # EVEN_N: only unmasked tiles
+    ("sa", True, 64, 64),    # EVEN_N causal: unmasked tiles below the diagonal, masked diagonal tiles
+    ("sa", False, 20, 50),   # N_K % BLOCK_N != 0: masked partial last key tile, partial query block
+    ("sa", True, 40, 57),    # causal, queries aligned to the end of the keys, partial tiles on both axes
+    ("softmax", True, 40, 57), ("sa_raw", False, 20, 50),
+])
+def test_split_key_loops(variant, causal, n_q, n_k):
+    if DEVICE == "cpu":  # the shapes above are chosen against the interpreter's tiles
+        assert (n_k % INTERPRET_BLOCKS[1] == 0) == (n_q % INTERPRET_BLOCKS[0] == 0) == (n_k == 64)
+    check(inputs_on_device(n_q=n_q, n_k=n_k, head_dim=16, bias="kerple", seed=n_k), variant=variant, causal=causal)
+
+
+@pytest.mark.parametrize("variant, growth, causal", [
+    ("sa", 0.05, True), ("sa", 0.6, True), ("sa", 0.6, False), ("softmax", 0.6, True), ("sa_raw", 0.05, False),
+])
+def test_lazy_rescale_with_growing_row_maxima(variant, growth, causal):
+    # Scores x_ij ≈ growth · j + noise: every row's max grows along the keys, by less than the rescale threshold
+    # (2^3) per 16-key tile (0.05: 0.8 per tile, the reference max moves rarely and exponentials above 1 accumulate)
+    # or by more (0.6: 9.6 per tile, it moves on every tile).
+    n = 50
+    inputs = inputs_on_device(n_q=n, head_dim=16, seed=3)
+    direction = torch.ones(16, dtype=torch.float64) / 4.0  # |direction|² · 4 (the scale is 1/4) = 1
+    q = direction.expand(1, 2, n, 16) + 0.05 * inputs["q"].double().cpu()
+    k = growth * torch.arange(n, dtype=torch.float64)[:, None] * direction * 4 + 0.3 * inputs["k"].double().cpu()
+    inputs["q"], inputs["k"] = q.float().to(DEVICE), k.float().to(DEVICE)
+    x = (q @ k.transpose(-2, -1)) / 4
+    assert (x[..., -1] - x[..., 0]).min() > (n - 1) * growth * 0.8  # the maxima do grow along the keys
+    check(inputs, variant=variant, causal=causal)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_one_hot_terms_only_on_tiles_holding_argmin_or_argmax(causal):
+    # Every row's argmax is key 40 and (non-causal) argmin key 5, so most key tiles hold neither and skip the one-hot
+    # terms; the gradients through a and b must still reach those two keys.
+    inputs = inputs_on_device(n_q=60, head_dim=16, seed=4)
+    q, k = inputs["q"].abs() + 0.5, inputs["k"].clone() * 0.1
+    k[:, :, 40] = q.mean(2) * 3.0
+    k[:, :, 5] = -q.mean(2) * 3.0
+    inputs["q"], inputs["k"] = q, k
+    x = q.double() @ k.double().transpose(-2, -1)
+    if not causal:
+        assert (x.argmax(-1) == 40).all() and (x.argmin(-1) == 5).all()
+    check(inputs, variant="sa", causal=causal)
+
+
+# ---- configs: fixed, never autotuned in tests -------------------------------------------------------------------
+
+def test_launches_use_the_fixed_config_and_never_autotune():
+    tuned_configs.LAST_LAUNCH.clear()
+    check(inputs_on_device(n_q=33, head_dim=16, bias="alibi"), variant="sa", causal=True)
+    assert set(tuned_configs.LAST_LAUNCH) == {"forward", "dkdv", "dq"}
+    for launch in tuned_configs.LAST_LAUNCH.values():
+        assert not launch["autotuned"]
+        expected = tuned_configs.INTERPRET_CONFIG if DEVICE == "cpu" else launch["config"]
+        assert launch["config"] == expected
+    assert not tuned_configs._AUTOTUNERS
+
+
+# ---- launch limits ----------------------------------------------------------------------------------------------
+
+def test_grid_folds_batch_and_heads_onto_two_axes():
+    assert triton_common.launch_grid(3, 65_535, 65_535) == (3, 65_535, 65_535)  # B·H ≈ 4.3e9 programs on y·z
+    with pytest.raises(ValueError, match="heads .* and batch .* must each be at most 65535"):
+        triton_common.launch_grid(3, 65_536, 1)
+    with pytest.raises(ValueError, match="heads .* and batch .* must each be at most 65535"):
+        triton_common.launch_grid(3, 1, 65_536)
+
+
+def test_row_stride_guard_at_the_int32_boundary():
+    triton_common.check_row_strides(256, (2**31 - 1) // 256)
+    with pytest.raises(ValueError, match="overflows int32"):
+        triton_common.check_row_strides(256, (2**31 - 1) // 256 + 1)
+
+
+def test_tile_offsets_are_int64_past_two_to_the_31():
+    # The fused-QKV layout reads row i at i · 3·H·D: at N = 2^20 rows of stride 3·2^12 that is 3·2^32, past int32.
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def offsets_kernel(Out, start, stride):
+        tl.store(Out, triton_common.tile_offset(start, stride))
+
+    out = torch.zeros(1, dtype=torch.int64, device=DEVICE)
+    offsets_kernel[(1,)](out, 2**20, 3 * 2**12)
+    assert out.item() == 3 * 2**32
+
+
+def test_batch_heads_grid_decodes_every_slice():
+    # (batch 3, heads 5) on grid axes (heads, batch): every (b, h) slice must come out right, not only b = 0.
+    check(inputs_on_device(batch=3, heads=5, n_q=18, head_dim=16, bias="kerple"), variant="sa", causal=True)
