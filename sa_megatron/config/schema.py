@@ -103,6 +103,9 @@ class TrainingConfig:
     activation_checkpointing: bool = doc(False, "Recompute each block's activations in backward.")
     eval_interval: int = doc(50, "Steps between validation runs; 0 disables.")
     eval_iters: int = doc(10, "Batches per validation run.")
+    max_bad_steps_in_a_row: int = doc(
+        3, "A step with a non-finite loss or gradient norm is skipped (no update); this many in a row stop the run "
+           "with exit code 3 and a report naming the last good checkpoint.")
 
 
 @dataclass

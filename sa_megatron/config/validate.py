@@ -33,7 +33,7 @@ def validate(config: Config, world_size: Optional[int] = None) -> None:
     _positive(m, "model", "num_layers", "hidden_size", "num_attention_heads", "seq_length", "make_vocab_size_divisible_by",
               "ffn_hidden_size", "max_position_embeddings", "vocab_size")
     _positive(p, "parallel", "tensor_parallel", "pipeline_parallel", "init_timeout_s")
-    _positive(t, "training", "train_iters", "micro_batch_size", "global_batch_size")
+    _positive(t, "training", "train_iters", "micro_batch_size", "global_batch_size", "max_bad_steps_in_a_row")
     _positive(config.tokenizer, "tokenizer", "vocab_size")
     _positive(config.logging, "logging", "log_interval")
     _non_negative(t, "training", "eval_interval")

@@ -5,7 +5,8 @@
       step_N/
         engine/              DeepSpeed's files (engine.save_checkpoint, tag "engine")
         rng/rank_R.json      every random generator's state, one file per rank
-        metadata.json        resolved config, iteration, consumed samples, tokenizer hash, code version, layout
+        metadata.json        resolved config, iteration, consumed samples, tokenizer hash, code version, layout,
+                             the last step's loss (always finite: a skipped, non-finite step is never saved)
         COMPLETE             written last: a step_N without it is unfinished
       .tmp-step_N/           a checkpoint being written; renamed to step_N once complete
       damaged-step_N.T/      a step_N that resume could not use, set aside (at unix time T) rather than deleted
@@ -117,7 +118,8 @@ def remove_unfinished_saves(save_dir: Path) -> None:
 
 
 def prune(save_dir: Path, keep_last: int) -> None:
-    """Delete step directories older than the `keep_last` newest complete ones."""
+    """Delete step directories older than the `keep_last` newest complete ones. (Every checkpoint follows a step with
+    a finite loss, so the newest one kept is always one to resume from after a divergence.)"""
     complete = [p for p in step_dirs(save_dir) if is_complete(p)]
     if len(complete) <= keep_last:
         return

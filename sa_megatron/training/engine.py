@@ -12,6 +12,7 @@ import warnings
 
 from sa_megatron.config import Config
 from sa_megatron.parallel import rng_tracker, topology
+from sa_megatron.training.nonfinite import StepGate, needs_gate
 from sa_megatron.training.optimizer import build_optimizer
 from sa_megatron.training.schedule import lr_scheduler_factory
 from sa_megatron.training.steps import DataParallelSteps, PipelineSteps
@@ -26,10 +27,10 @@ def gradient_accumulation_steps(config: Config, data_parallel: int) -> int:
 
 
 def _clips_itself(config: Config) -> bool:
-    """fp32 pipelines at ZeRO-0: DeepSpeed's clipping there counts only stage 0's replicated parameters, so
-    `PipelineSteps` clips by the true global norm instead (`grad_norm.py`)."""
-    p = config.parallel
-    return p.pipeline_parallel > 1 and p.zero_stage == 0 and config.training.precision == "fp32"
+    """fp32 at ZeRO-0: `StepGate` clips by the true global norm, which it computes anyway to veto non-finite steps
+    (DeepSpeed's stage-0 clipping counts only stage 0's replicated parameters in a pipeline, and fails on a step
+    whose gradients the gate removed)."""
+    return needs_gate(config)
 
 
 def deepspeed_config(config: Config, data_parallel: int) -> dict:
@@ -98,9 +99,9 @@ def build_engine(config: Config, padded_vocab_size: int, data_parallel: int):
         config=deepspeed_config(config, data_parallel),
         mpu=None if pipelined else topology.grid(),  # a PipelineModule brings its own grid
     )
+    gate = StepGate(engine, config.optimizer.clip_grad) if needs_gate(config) else None
     if pipelined:
-        clip = config.optimizer.clip_grad if _clips_itself(config) and config.optimizer.clip_grad > 0 else None
-        steps = PipelineSteps(engine, config.model.num_layers, clip)
+        steps = PipelineSteps(engine, config.model.num_layers, gate)
     else:
-        steps = DataParallelSteps(engine, config.model.num_layers)
+        steps = DataParallelSteps(engine, config.model.num_layers, gate)
     return engine, steps

@@ -5,6 +5,8 @@ on tensor rank 0 only, and a parameter that a pipeline holds on two stages (the 
 only; one all-reduce over the model-parallel group (the pipeline's stages × tensor ranks) adds them up. Data-parallel
 ranks hold the same reduced gradients, so they need not take part.
 """
+from typing import Optional
+
 import torch
 
 from sa_megatron.parallel import topology
@@ -27,9 +29,10 @@ def global_grad_norm(module: torch.nn.Module) -> float:
 
 
 @torch.no_grad()
-def clip_gradients(module: torch.nn.Module, max_norm: float) -> float:
-    """Scale every gradient by min(1, max_norm / (norm + 1e-6)) (DeepSpeed's rule); returns the norm before."""
-    norm = global_grad_norm(module)
+def clip_gradients(module: torch.nn.Module, max_norm: float, norm: Optional[float] = None) -> float:
+    """Scale every gradient by min(1, max_norm / (norm + 1e-6)) (DeepSpeed's rule); returns the norm before.
+    `norm`: the global norm when the caller has just computed it."""
+    norm = global_grad_norm(module) if norm is None else norm
     coefficient = max_norm / (norm + 1e-6)
     if coefficient < 1.0:
         for param in module.parameters():

@@ -112,6 +112,13 @@ class MetricsLogger:
         print(f"step {step}/{self.total_iters} | loss {loss:.4f} | lr {lr:.1e} | "
               f"{tokens_per_sec:.0f} tok/s | ETA {format_duration(eta)}", flush=True)
 
+    def log_skipped_step(self, step: int, loss: float, grad_norm: Optional[float], skipped_total: int,
+                         in_a_row: int, limit: int) -> None:
+        """A step whose update the NaN/inf policy skipped; `train/skipped_steps` counts them over the run."""
+        self._write({"train/skipped_steps": skipped_total}, step)
+        print(f"step {step} skipped: loss {loss:.4g}, grad norm {grad_norm if grad_norm is None else f'{grad_norm:.4g}'} "
+              f"is not finite ({in_a_row} in a row; the run stops at {limit})", flush=True)
+
     def log_eval(self, step: int, loss: float) -> None:
         ppl = perplexity(loss)
         self._write({"eval/loss": loss, "eval/ppl": ppl}, step)

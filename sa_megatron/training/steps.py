@@ -7,6 +7,7 @@ averages over data-parallel ranks and broadcasts to every stage. Both give every
 whole model: each stage measures its own blocks (combined over its tensor ranks), and the pipeline group sums the
 stages' disjoint parts.
 """
+import math
 import statistics
 from typing import Callable, Optional
 
@@ -17,7 +18,7 @@ from sa_megatron.model.gpt import measuring_row_mass, qk_grad_squares
 from sa_megatron.parallel import topology
 from sa_megatron.parallel.comm import all_reduce_sum
 from sa_megatron.training.distributed import all_reduce_mean
-from sa_megatron.training.grad_norm import clip_gradients
+from sa_megatron.training.nonfinite import StepGate
 
 # Runs once per step after the gradients are reduced and before the optimizer consumes them.
 GradientHook = Optional[Callable[[], None]]
@@ -32,8 +33,9 @@ def _whole_model(per_layer: dict, num_layers: int, width: int) -> torch.Tensor:
 
 
 class _Steps:
-    def __init__(self, engine, num_layers: int):
-        self.engine, self.num_layers = engine, num_layers
+    def __init__(self, engine, num_layers: int, gate: Optional[StepGate] = None):
+        """`gate`: vetoes a step with a non-finite loss or gradient norm where DeepSpeed does not (`nonfinite.py`)."""
+        self.engine, self.num_layers, self.gate = engine, num_layers, gate
 
     def qk_grad_norms(self, get_grad: Callable) -> list[tuple[float, float]]:
         squares = _whole_model(qk_grad_squares(self.engine.module, get_grad), self.num_layers, 2)
@@ -50,12 +52,17 @@ class DataParallelSteps(_Steps):
         for tokens in batches:
             loss = self.loss(tokens.to(engine.device))
             engine.backward(loss)
-            if on_gradients is not None and engine.is_gradient_accumulation_boundary():
-                on_gradients()
-            engine.step()
             losses.append(loss.item())
-        # Every micro-batch has the same token count, so the mean of means is the global-batch token mean.
-        return all_reduce_mean(statistics.fmean(losses))
+            if engine.is_gradient_accumulation_boundary():
+                # Every micro-batch has the same token count, so the mean of means is the global-batch token mean.
+                # Reduced before the step, so that the gate sees the loss every rank sees.
+                mean_loss = all_reduce_mean(statistics.fmean(losses))
+                if on_gradients is not None:
+                    on_gradients()
+                if self.gate is not None:
+                    self.gate.decide(math.isfinite(mean_loss))
+            engine.step()
+        return mean_loss
 
     @torch.no_grad()
     def eval_loss(self, batches: list[torch.Tensor]) -> float:
@@ -83,21 +90,22 @@ class DataParallelSteps(_Steps):
 
 
 class PipelineSteps(_Steps):
-    def __init__(self, engine, num_layers: int, clip_grad: Optional[float] = None):
-        """`clip_grad`: clip by the global norm here, before each optimizer step (DeepSpeed's own clipping off)."""
-        super().__init__(engine, num_layers)
+    def __init__(self, engine, num_layers: int, gate: Optional[StepGate] = None):
+        super().__init__(engine, num_layers, gate)
         from deepspeed.runtime.pipe import schedule
 
         self._on_gradients: GradientHook = None
-        # DeepSpeed runs the schedule's instructions through this table: ours calls the gradient hook and clips
+        # DeepSpeed runs the schedule's instructions through this table: ours calls the gradient hook and the gate
         # first, when the gradients are reduced over data-parallel ranks and not yet consumed.
         optimizer_step = type(engine)._INSTRUCTION_MAP[schedule.OptimizerStep]
 
         def hooked_optimizer_step(pipeline_engine, **kwargs):
             if self._on_gradients is not None:
                 self._on_gradients()
-            if clip_grad is not None:
-                clip_gradients(pipeline_engine.module, clip_grad)
+            if self.gate is not None:
+                # Only the last stage holds the loss (the sum of its micro-batches' losses) at this point.
+                loss = pipeline_engine.total_loss if pipeline_engine.is_last_stage() else None
+                self.gate.decide(loss is None or bool(torch.isfinite(loss).all()))
             optimizer_step(pipeline_engine, **kwargs)
 
         engine._INSTRUCTION_MAP = {**type(engine)._INSTRUCTION_MAP, schedule.OptimizerStep: hooked_optimizer_step}
