@@ -24,6 +24,7 @@ from sa_megatron.parallel import topology
 from sa_megatron.training import checkpoint_files as files
 from sa_megatron.training.checkpoint_merge import merged_module_weights
 from sa_megatron.training.distributed import all_ranks
+from sa_megatron.training.nonfinite import NonFiniteState, state_is_finite
 from sa_megatron.training.rng import capture_rng_state, restore_rng_state
 
 logger = logging.getLogger(__name__)
@@ -53,8 +54,13 @@ def run_identity(config: Config, padded_vocab_size: int, data_parallel: int, tok
     }
 
 
-def save_checkpoint(engine, save_dir, step: int, consumed_samples: int, identity: dict, keep_last: int) -> Path:
-    """Write `save_dir/step_<step>` atomically from every rank; returns its path."""
+def save_checkpoint(engine, save_dir, step: int, consumed_samples: int, identity: dict, keep_last: int,
+                    last_loss: Optional[float] = None) -> Path:
+    """Write `save_dir/step_<step>` atomically from every rank; returns its path.
+    `last_loss`: the loss of step `step` (finite: the loop saves only after a step that was not skipped).
+    Raises NonFiniteState, writing nothing, when any rank's weights or optimizer state hold NaN/inf."""
+    if not all_ranks(state_is_finite(engine)):
+        raise NonFiniteState(f"the weights or optimizer state at step {step} are not finite; not saved")
     save_dir = Path(save_dir)
     temp, final = save_dir / files.temp_dir_name(step), save_dir / files.step_dir_name(step)
     rank = dist.get_rank()
@@ -68,12 +74,16 @@ def save_checkpoint(engine, save_dir, step: int, consumed_samples: int, identity
     dist.barrier()
     if rank == 0:
         metadata = {**identity, "iteration": step, "consumed_samples": consumed_samples,
-                    "world_size": dist.get_world_size()}
+                    "world_size": dist.get_world_size(), "last_loss": last_loss}
         files.write_json_durably(temp / files.METADATA, metadata)
         files.publish(temp, final)
         files.prune(save_dir, keep_last)
     dist.barrier()
     return final
+
+
+def newest_complete_checkpoint(save_dir) -> Optional[Path]:
+    return next((p for p in files.step_dirs(Path(save_dir)) if files.is_complete(p)), None)
 
 
 def resume_latest(engine, save_dir, identity: dict) -> Optional[dict]:

@@ -3,10 +3,15 @@
 Per-step losses are appended by rank 0 to `checkpoint.save_dir/losses.jsonl` (when save_dir is set), one JSON
 object per line: {"step", "loss", "lr"}. A resumed run appends; steps redone after a crash appear again and the
 last line for a step wins.
+
+A step whose loss or gradient norm is not finite is skipped on every rank (`nonfinite.py`); after
+`training.max_bad_steps_in_a_row` of them the run stops with a one-line report, `TrainResult.diverged`, and the CLI
+exits with `DIVERGED_EXIT_CODE`.
 """
 
 import json
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +27,7 @@ from sa_megatron.training.batches import build_datasets, micro_batches
 from sa_megatron.training.distributed import any_rank, init_distributed, world_size_from_env
 from sa_megatron.training.engine import build_engine
 from sa_megatron.training.grad_norm import global_grad_norm
+from sa_megatron.training.nonfinite import BadStepCounter, NonFiniteState, is_bad_step
 from sa_megatron.training.preflight import check_run_config, resolve_vocab
 from sa_megatron.training.rng import seed_everything
 from sa_megatron.training.signals import StopRequest
@@ -36,6 +42,8 @@ class TrainResult:
     grad_norms: dict[int, float] = field(default_factory=dict)  # step → global grad norm, at log steps
     resumed_from: Optional[int] = None  # the checkpoint's iteration, None for a fresh start
     stopped_by_signal: bool = False
+    skipped_steps: list[int] = field(default_factory=list)  # steps whose update was skipped (non-finite)
+    diverged: Optional[str] = None  # the one-line report when the NaN/inf policy stopped the run
 
     @property
     def final_loss(self) -> Optional[float]:
@@ -105,6 +113,7 @@ class _Run:
         self.loss_log = Path(save_dir) / "losses.jsonl" if save_dir and dist.get_rank() == 0 else None
         self.interval_losses, self.interval_start = [], time.perf_counter()
         self.stage0_grad_norm = None
+        self.bad_steps = BadStepCounter(config.training.max_bad_steps_in_a_row)
 
     def loop(self, train_data, valid_data, result: TrainResult, stop: StopRequest) -> None:
         t, ckpt = self.config.training, self.config.checkpoint
@@ -116,6 +125,8 @@ class _Run:
             result.iteration, result.consumed_samples = step, step * t.global_batch_size
             result.losses[step] = loss
             self.record_loss(step, loss, lr)
+            if self.check_finite(step, loss, result):
+                return
             if log_now:
                 result.grad_norms[step] = self.grad_norm()
                 self.log_interval(step, lr, result.grad_norms[step], attention_stats)
@@ -124,7 +135,8 @@ class _Run:
                 result.eval_losses[step] = self.evaluate(valid_data, step)
             stop_now = any_rank(stop.requested)
             if ckpt.save_dir and (stop_now or (ckpt.save_interval and step % ckpt.save_interval == 0)):
-                self.save(step)
+                if not self.save(step, loss, result):
+                    return
                 saved_at = step
             self.interval_start += time.perf_counter() - paused_at
             if stop_now:
@@ -136,7 +148,7 @@ class _Run:
         if result.losses and t.eval_interval and result.iteration % t.eval_interval:
             result.eval_losses[result.iteration] = self.evaluate(valid_data, result.iteration)
         if ckpt.save_dir and saved_at != result.iteration:
-            self.save(result.iteration)
+            self.save(result.iteration, result.losses[result.iteration], result)
 
     def train_step(self, batches, log_now: bool) -> tuple[float, float, Optional[dict]]:
         """One optimizer step over this rank's micro-batches: (global-batch mean loss, lr used, attention stats)."""
@@ -153,7 +165,7 @@ class _Run:
             unscale = 1.0 / (self.loss_scale() or 1.0)  # before engine.step(), fp16 gradients carry the loss scale
             stats["qk_grad_norm"] = [(q * unscale, k * unscale)
                                      for q, k in self.steps.qk_grad_norms(safe_get_full_grad)]
-        if self.config.parallel.zero_stage == 0:
+        if self.config.parallel.zero_stage == 0 and self.steps.gate is None:
             # DeepSpeed reports the global norm only from its ZeRO/mixed-precision optimizers; at stage 0 the
             # gradients are whole and already averaged over data-parallel ranks.
             self.stage0_grad_norm = global_grad_norm(self.engine.module)
@@ -185,7 +197,31 @@ class _Run:
     def grad_norm(self) -> Optional[float]:
         """Global gradient norm before clipping, of the last step (the same on every rank)."""
         norm = self.engine.get_global_grad_norm()  # a float or a 0-d tensor, depending on the ZeRO stage
-        return self.stage0_grad_norm if norm is None else float(norm)
+        if norm is None:
+            return self.steps.gate.grad_norm if self.steps.gate is not None else self.stage0_grad_norm
+        return float(norm)
+
+    def check_finite(self, step: int, loss: float, result: TrainResult) -> bool:
+        """Record a skipped step; True when it is one bad step too many and the run has stopped."""
+        bad = is_bad_step(loss, self.engine.was_step_applied(), self.config.training.precision)
+        if bad:
+            result.skipped_steps.append(step)
+            if self.metrics is not None:
+                self.metrics.log_skipped_step(step, loss, self.grad_norm(), len(result.skipped_steps),
+                                              self.bad_steps.in_a_row + 1, self.bad_steps.limit)
+        if not self.bad_steps.record(bad):
+            return False
+        self.stop_diverged(result, f"{self.bad_steps.limit} steps in a row with a non-finite loss or gradient "
+                                   f"norm (training.max_bad_steps_in_a_row): step {step}, loss {_number(loss)}, "
+                                   f"grad norm {_number(self.grad_norm())}")
+        return True
+
+    def stop_diverged(self, result: TrainResult, why: str) -> None:
+        save_dir = self.config.checkpoint.save_dir
+        good = checkpoint.newest_complete_checkpoint(save_dir) if save_dir else None
+        result.diverged = f"training diverged: {why}; last good checkpoint: {good or 'none'}"
+        if self.metrics is not None:
+            print(f"{result.diverged}", file=sys.stderr, flush=True)
 
     def loss_scale(self) -> Optional[float]:
         if self.config.training.precision != "fp16":
@@ -199,9 +235,27 @@ class _Run:
             with open(self.loss_log, "a", encoding="utf-8") as f:
                 f.write(json.dumps({"step": step, "loss": loss, "lr": lr}) + "\n")
 
-    def save(self, step: int) -> None:
+    def save(self, step: int, loss: float, result: TrainResult) -> bool:
+        """Save a checkpoint, unless step `step` was skipped as non-finite: its weights are those of the last good
+        step, and the newest checkpoint must always be one worth resuming from. False when the state is not finite,
+        nothing was written and the run has stopped."""
         ckpt = self.config.checkpoint
-        path = checkpoint.save_checkpoint(self.engine, ckpt.save_dir, step, step * self.config.training.global_batch_size,
-                                          self.identity, ckpt.keep_last)
+        if self.bad_steps.in_a_row:
+            if self.metrics is not None:
+                print(f"not saving step {step}: it was skipped (non-finite); the newest checkpoint stays "
+                      f"{checkpoint.newest_complete_checkpoint(ckpt.save_dir) or 'none'}", flush=True)
+            return True
+        try:
+            path = checkpoint.save_checkpoint(self.engine, ckpt.save_dir, step,
+                                              step * self.config.training.global_batch_size, self.identity,
+                                              ckpt.keep_last, last_loss=loss)
+        except NonFiniteState as err:
+            self.stop_diverged(result, str(err))
+            return False
         if self.metrics is not None:
             print(f"saved checkpoint {path}", flush=True)
+        return True
+
+
+def _number(value: Optional[float]) -> str:
+    return "unknown" if value is None else f"{value:.4g}"
