@@ -64,7 +64,9 @@ def _rendezvous(addr: str, port: int, rank: int, world: int, timeout_s: float) -
     try:
         store = dist.TCPStore(addr, port, world, rank == 0, timedelta(seconds=timeout_s), wait_for_workers=False)
     except Exception as err:  # DistNetworkError / RuntimeError from the C++ side, with multi-line detail
-        what = f"could not listen at {where}" if rank == 0 else f"could not reach the rendezvous master at {where}"
+        # rank 0 serves the store on MASTER_PORT and connects to it through MASTER_ADDR like everyone else
+        what = (f"could not open the rendezvous at {where}" if rank == 0
+                else f"could not reach the rendezvous master at {where}")
         raise RendezvousError(f"rank {rank} of {world} {what} {limit}: {_first_line(err)}; {hint}") from None
     store.set(f"sa_megatron/joined/{rank}", "1")
     try:

@@ -18,7 +18,7 @@ while [ $# -gt 0 ]; do
         *) echo "start-cluster: unknown argument '$1' (use --nodes 1|2 [--stop])" >&2; exit 2 ;;
     esac
 done
-if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
+if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null || ! command -v ip >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge iproute2 >/dev/null
 fi
 case "$NODES" in
