@@ -61,22 +61,36 @@ def test_layout_configs_are_valid_on_their_clusters(path):
         ("data.weights=[nan]", "data.weights must be finite, non-negative numbers, not all zero, got [nan]"),
         ("data.weights=[.inf]", "data.weights must be finite, non-negative numbers"),
         ("data.weights=[0, 0]", "data.weights must be finite, non-negative numbers"),
-        ("optimizer.lr=nan", "optimizer.lr must be a finite number, got nan"),
-        ("training.seed=-1", "training.seed must be in [0, 2**32), got -1"),
-        ("training.seed=4294967296", "training.seed must be in [0, 2**32)"),
-        ("logging.log_interval=0", "logging.log_interval must be positive, got 0"),
-        ("training.eval_interval=-1", "training.eval_interval must be non-negative, got -1"),
+        ("optimizer.lr=nan", "optimizer.lr is nan, outside its valid range (0, 10000]"),
+        ("training.seed=-1", "training.seed is -1, outside its valid range [0, 2**32)"),
+        ("training.seed=4294967296", "training.seed is 4294967296, outside its valid range [0, 2**32)"),
+        ("logging.log_interval=0", "logging.log_interval is 0, outside its valid range [1, 1e+12]"),
+        ("training.eval_interval=-1", "training.eval_interval is -1, outside its valid range [0, 1e+12]"),
         ("training.eval_iters=0", "training.eval_iters must be positive when training.eval_interval > 0, got 0"),
-        ("checkpoint.save_interval=-5", "checkpoint.save_interval must be non-negative, got -5"),
-        ("schedule.warmup_iters=-1", "schedule.warmup_iters must be non-negative, got -1"),
-        ("schedule.decay_iters=-1", "schedule.decay_iters must be non-negative, got -1"),
-        ("model.ffn_hidden_size=0", "model.ffn_hidden_size must be positive, got 0"),
-        ("model.max_position_embeddings=-2", "model.max_position_embeddings must be positive, got -2"),
-        ("tokenizer.vocab_size=0", "tokenizer.vocab_size must be positive, got 0"),
-        ("parallel.zero_stage=4", "zero_stage must be 0, 1, 2 or 3"),
-        ("model.num_layers=0", "model.num_layers must be positive"),
+        ("checkpoint.save_interval=-5", "checkpoint.save_interval is -5, outside its valid range"),
+        ("schedule.warmup_iters=-1", "schedule.warmup_iters is -1, outside its valid range"),
+        ("schedule.decay_iters=0", "schedule.decay_iters is 0, outside its valid range [1, 1e+12]"),
+        ("model.ffn_hidden_size=0", "model.ffn_hidden_size is 0, outside its valid range [1, 2**24]"),
+        ("model.max_position_embeddings=-2", "model.max_position_embeddings is -2, outside its valid range"),
+        ("tokenizer.vocab_size=0", "tokenizer.vocab_size is 0, outside its valid range"),
+        ("parallel.zero_stage=4", "parallel.zero_stage is 4, outside its valid range [0, 3]"),
+        ("model.num_layers=0", "model.num_layers is 0, outside its valid range [1, 10000]"),
         ("noequals", "must look like section.key=value"),
-        ("checkpoint.keep_last=0", "checkpoint.keep_last must be at least 1"),
+        ("optimizer.lr=-1", "optimizer.lr is -1.0, outside its valid range (0, 10000]"),  # not "min_lr exceeds lr"
+        ("optimizer.beta1=1.5", "optimizer.beta1 is 1.5, outside its valid range [0, 1)"),
+        ("optimizer.weight_decay=-1", "optimizer.weight_decay is -1.0, outside its valid range"),
+        ("optimizer.adam_eps=-1", "optimizer.adam_eps is -1.0, outside its valid range"),
+        ("optimizer.clip_grad=-1", "optimizer.clip_grad is -1.0, outside its valid range"),
+        ("model.norm_eps=-1", "model.norm_eps is -1.0, outside its valid range"),
+        ("model.rope_base=0", "model.rope_base is 0.0, outside its valid range (1, 1e+12]"),
+        ("model.init_std=-1", "model.init_std is -1.0, outside its valid range"),
+        ("model.attention_eps=-1", "model.attention_eps is -1.0, outside its valid range"),
+        ("logging.peak_tflops_per_device=-5", "logging.peak_tflops_per_device is -5.0, outside its valid range"),
+        ("training.train_iters=1e30", "training.train_iters must be of type int"),
+        ("training.train_iters=1000000000000000000000000000000", "training.train_iters is 1000000000000000000000000000000, outside"),
+        ("training.initial_loss_scale_power=10000", "training.initial_loss_scale_power is 10000, outside its valid range [0, 40]"),
+        ("training.precision=bf16", "training.precision=bf16 needs parallel.zero_stage >= 1"),
+        ("checkpoint.keep_last=0", "checkpoint.keep_last is 0, outside its valid range [1, 1000000]"),
     ],
 )
 def test_bad_values_name_the_field(override, message):
@@ -100,7 +114,7 @@ def test_dape_cannot_split_heads_over_tensor_parallel():
 def test_fp16_refuses_sa_attention(attention):
     with pytest.raises(ConfigError, match=f"precision='fp16' cannot train model.attention='{attention}'.*'bf16'"):
         load_config([], ["training.precision=fp16", f"model.attention={attention}"])
-    load_config([], ["training.precision=bf16", f"model.attention={attention}"])
+    load_config([], ["training.precision=bf16", "parallel.zero_stage=1", f"model.attention={attention}"])
     load_config([], ["training.precision=fp16", "model.attention=softmax"])
 
 

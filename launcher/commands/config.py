@@ -42,4 +42,5 @@ def list_fields(args) -> None:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             hint = hints[f.name]
             type_name = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
-            print(f"  {f.name}: {default!r}  [{type_name}]\n      {f.metadata['doc']}")
+            valid = f"  valid {f.metadata['valid']}" if f.metadata.get("valid") else ""
+            print(f"  {f.name}: {default!r}  [{type_name}]{valid}\n      {f.metadata['doc']}")

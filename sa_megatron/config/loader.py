@@ -1,4 +1,8 @@
-"""Load YAML config files into the typed `Config`, merging left to right, then `--set` overrides."""
+"""Load YAML config files into the typed `Config`, merging left to right, then `--set` overrides.
+
+A key given twice in one mapping is an error (YAML would silently keep the last). An empty file (nothing, or only
+comments) is an error too: a run config that says nothing is almost always the wrong file.
+"""
 
 import dataclasses
 import difflib
@@ -58,17 +62,31 @@ def _read_yaml(path: Path) -> dict:
         line = raw[:err.start].count(b"\n") + 1
         raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[err.start]:02x}); expected a UTF-8 YAML file") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         raise ConfigError(f"{where}: invalid YAML: {_yaml_problem(err)}") from None
     if data is None:
-        return {}
+        raise ConfigError(f"config file {path} is empty; expected a mapping of sections such as 'model:' or 'training:'")
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
     # A section with nothing under it (`model:`) reads as null; it means "no keys", like an empty mapping.
     return {section: {} if values is None else values for section, values in data.items()}
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key repeated within one mapping."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}' (first at line {seen[key] + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
 
 
 def _parse_override(item: str) -> dict:

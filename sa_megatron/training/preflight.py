@@ -8,9 +8,10 @@ from sa_megatron.errors import ConfigError
 
 
 def check_run_config(config: Config, world_size: int) -> None:
-    """`validate` plus the rules specific to training with this trainer."""
+    """`validate` (the rules `config show` runs too) plus what only a run on this machine can check: the world size,
+    fp16 support of this device, a creatable save_dir, a tokenizer."""
     validate(config, world_size)
-    _check_precision(config)
+    _check_fp16_device(config)
     if config.checkpoint.save_dir:
         try:
             Path(config.checkpoint.save_dir).mkdir(parents=True, exist_ok=True)
@@ -20,12 +21,8 @@ def check_run_config(config: Config, world_size: int) -> None:
         raise ConfigError("tokenizer.model is not set: give the sentencepiece .model the data was tokenized with")
 
 
-def _check_precision(config: Config) -> None:
-    precision, stage = config.training.precision, config.parallel.zero_stage
-    if precision == "bf16" and stage == 0:
-        # DeepSpeed's stage-0 bf16 path accumulates gradients in bf16; ZeRO-1 keeps fp32 gradients and master weights.
-        raise ConfigError("training.precision=bf16 needs parallel.zero_stage >= 1 (1 costs no extra communication)")
-    if precision == "fp16":
+def _check_fp16_device(config: Config) -> None:
+    if config.training.precision == "fp16":
         from deepspeed.accelerator import get_accelerator
 
         if not get_accelerator().is_fp16_supported():

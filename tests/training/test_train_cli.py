@@ -72,7 +72,7 @@ def run_cli(*args, env_extra=None):
     (["training.precision=bf16"], {}, "training.precision=bf16 needs parallel.zero_stage >= 1"),
     (["tokenizer.model=/nonexistent/tok.model"], {}, "/nonexistent/tok.model: no such tokenizer file"),
     (["model.vocab_size=100"], {}, "model.vocab_size (100) is smaller than the vocabulary of tokenizer"),
-    (["checkpoint.keep_last=0"], {}, "checkpoint.keep_last must be at least 1"),
+    (["checkpoint.keep_last=0"], {}, "checkpoint.keep_last is 0, outside its valid range [1, 1000000]"),
 ])
 def test_bad_config_fails_with_one_line(overrides, env, message, corpus, tmp_path):
     config = write_config(tmp_path / "run.yaml", corpus)
