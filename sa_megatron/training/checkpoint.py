@@ -23,6 +23,7 @@ from sa_megatron.errors import CheckpointError
 from sa_megatron.parallel import topology
 from sa_megatron.training import checkpoint_files as files
 from sa_megatron.training.checkpoint_merge import merged_module_weights
+from sa_megatron.training.universal import UNIVERSAL_CHECKPOINT_INFO, UNIVERSAL_DIR
 from sa_megatron.training.distributed import all_ranks
 from sa_megatron.training.nonfinite import NonFiniteState, state_is_finite
 from sa_megatron.training.rng import capture_rng_state, restore_rng_state
@@ -55,8 +56,9 @@ def run_identity(config: Config, padded_vocab_size: int, data_parallel: int, tok
 
 
 def save_checkpoint(engine, save_dir, step: int, consumed_samples: int, identity: dict, keep_last: int,
-                    last_loss: Optional[float] = None) -> Path:
-    """Write `save_dir/step_<step>` atomically from every rank; returns its path.
+                    universal_info: Optional[dict] = None, last_loss: Optional[float] = None) -> Path:
+    """Write `save_dir/step_<step>` atomically from every rank; returns its path. `universal_info` (see
+    `universal.py`) goes into DeepSpeed's model states, where its universal-checkpoint converter reads it.
     `last_loss`: the loss of step `step` (finite: the loop saves only after a step that was not skipped).
     Raises NonFiniteState, writing nothing, when any rank's weights or optimizer state hold NaN/inf."""
     if not all_ranks(state_is_finite(engine)):
@@ -68,7 +70,8 @@ def save_checkpoint(engine, save_dir, step: int, consumed_samples: int, identity
         files.remove_unfinished_saves(save_dir)
         (temp / "rng").mkdir(parents=True)
     dist.barrier()
-    engine.save_checkpoint(str(temp), tag=files.ENGINE_TAG, save_latest=False)
+    client_state = {} if universal_info is None else {UNIVERSAL_CHECKPOINT_INFO: universal_info}
+    engine.save_checkpoint(str(temp), tag=files.ENGINE_TAG, save_latest=False, client_state=client_state)
     files.write_json_durably(files.rng_file(temp, rank), capture_rng_state())
     files.fsync_tree(temp)  # every rank walks the whole tree: whichever files it wrote are among them
     dist.barrier()
@@ -95,8 +98,11 @@ def resume_latest(engine, save_dir, identity: dict) -> Optional[dict]:
             reason = "no COMPLETE marker" if not files.is_complete(checkpoint) else f"unreadable {files.METADATA}"
             _set_aside(checkpoint, reason)
             continue
-        check_compatible(metadata, identity, checkpoint)
-        failure = _load_engine_and_rng(engine, checkpoint, metadata["parallel_layout"])
+        universal = check_compatible(metadata, identity, checkpoint)
+        if universal != engine.load_universal_checkpoint():
+            raise CheckpointError(f"checkpoint {checkpoint} is of {'another' if universal else 'this'} layout, "
+                                  f"unlike the newer ones in {save_dir}; resume from one layout at a time")
+        failure = _load_engine_and_rng(engine, checkpoint, metadata["parallel_layout"], universal)
         if all_ranks(failure is None):
             return metadata
         _set_aside(checkpoint, failure or "another rank could not load its part")
@@ -110,21 +116,27 @@ def resume_latest(engine, save_dir, identity: dict) -> Optional[dict]:
     return None
 
 
-def check_compatible(metadata: dict, identity: dict, checkpoint: Path) -> None:
+def resumes_through_universal(save_dir, identity: dict) -> bool:
+    """Whether the newest complete checkpoint in `save_dir` is one of another layout (loaded in universal form);
+    raises if it cannot be resumed at all. False when there is none."""
+    for checkpoint in files.step_dirs(Path(save_dir)):
+        metadata = files.read_metadata(checkpoint) if files.is_complete(checkpoint) else None
+        if metadata is not None:
+            return check_compatible(metadata, identity, checkpoint)
+    return False
+
+
+def check_compatible(metadata: dict, identity: dict, checkpoint: Path) -> bool:
+    """Raise unless this run can continue from `checkpoint`; True when it continues from the checkpoint's universal
+    form (`universal.py`) because it runs at another layout."""
     saved_layout, layout = metadata.get("parallel_layout", {}), identity["parallel_layout"]
-    if any(saved_layout.get(key) != layout[key] for key in ("tensor_parallel", "pipeline_parallel")):
-        raise CheckpointError(
-            f"checkpoint {checkpoint} was written at tensor_parallel={saved_layout.get('tensor_parallel')} × "
-            f"pipeline_parallel={saved_layout.get('pipeline_parallel')}, this run is tensor_parallel="
-            f"{layout['tensor_parallel']} × pipeline_parallel={layout['pipeline_parallel']}: training resumes at "
-            "the same tensor and pipeline sizes only (the data-parallel size may change); `sa-megatron eval` and "
-            "`generate` read it at any layout"
-        )
+    moved = [key for key in ("tensor_parallel", "pipeline_parallel", "data_parallel")
+             if saved_layout.get(key) != layout[key] and not (key == "data_parallel" and layout["zero_stage"] == 0)]
     differences = [
         f"{key} {saved!r} (checkpoint) vs {identity[section].get(key)!r} (this run)"
         for section in ("model_shape", "parallel_layout", "data_order")
         for key, saved in metadata.get(section, {}).items()
-        if identity[section].get(key) != saved and not _may_change(section, key, layout)
+        if identity[section].get(key) != saved and not _follows_layout(section, key, layout)
     ]
     if metadata.get("tokenizer_sha256") != identity["tokenizer_sha256"]:
         differences.append("tokenizer (sha256 differs)")
@@ -133,29 +145,46 @@ def check_compatible(metadata: dict, identity: dict, checkpoint: Path) -> None:
             f"checkpoint {checkpoint} does not match this run: {'; '.join(differences)}; "
             "use the original settings or a new checkpoint.save_dir"
         )
+    if not moved:
+        return False
+    if (checkpoint / UNIVERSAL_DIR).is_dir():
+        return True
+    raise CheckpointError(
+        f"checkpoint {checkpoint} was written at {_layout_text(saved_layout)}, this run is {_layout_text(layout)}: "
+        f"run `sa-megatron checkpoint convert {checkpoint.parent}` once to resume it at another layout "
+        "(`sa-megatron eval` and `generate` read it as it is)"
+    )
 
 
-def _may_change(section: str, key: str, layout: dict) -> bool:
-    """The data-parallel size may change on resume under ZeRO-0: the global batches stay the same and every rank
-    holds whole states. ZeRO 1-3 partition the optimizer over the data-parallel ranks, and DeepSpeed 0.19 loads
-    those partitions only at the size that wrote them."""
-    return section == "parallel_layout" and key == "data_parallel" and layout["zero_stage"] == 0
+def _layout_text(layout: dict) -> str:
+    return (f"tensor_parallel={layout.get('tensor_parallel')} × pipeline_parallel={layout.get('pipeline_parallel')}"
+            f" × data_parallel={layout.get('data_parallel')}")
+
+
+def _follows_layout(section: str, key: str, layout: dict) -> bool:
+    """Fields that may differ when the layout does: the layout itself (checked by `check_compatible`: ZeRO-0 holds
+    whole states at any data-parallel size, other changes go through a universal checkpoint) and the vocabulary
+    padding, a multiple of tensor_parallel (universal checkpoints strip and re-pad it)."""
+    if section == "parallel_layout":
+        return key in ("tensor_parallel", "pipeline_parallel", "data_parallel")
+    return section == "model_shape" and key == "padded_vocab_size"
 
 
 def _saved_rank(saved_layout: dict) -> int:
-    """The rank of the checkpoint's layout whose RNG state this rank continues: the same pipeline stage and tensor
-    rank, and the same data-parallel rank where it existed (else data-parallel rank 0, whose streams all data
-    ranks share). Ranks are laid out tensor fastest, then data, then pipeline (`parallel.topology`)."""
-    tp, saved_dp = saved_layout["tensor_parallel"], saved_layout["data_parallel"]
-    data_rank = topology.data_parallel_rank() if topology.data_parallel_rank() < saved_dp else 0
-    return (topology.pipeline_stage() * saved_dp + data_rank) * tp + topology.tensor_parallel_rank()
+    """The rank of the checkpoint's layout whose RNG state this rank continues: the same pipeline stage, tensor rank
+    and data-parallel rank where they existed (else the last stage / tensor rank that did, and data-parallel rank 0,
+    whose streams all data ranks share). Ranks are laid out tensor fastest, then data, then pipeline."""
+    tp, dp, pp = (saved_layout[key] for key in ("tensor_parallel", "data_parallel", "pipeline_parallel"))
+    data_rank = topology.data_parallel_rank() if topology.data_parallel_rank() < dp else 0
+    stage, tensor_rank = min(topology.pipeline_stage(), pp - 1), min(topology.tensor_parallel_rank(), tp - 1)
+    return (stage * dp + data_rank) * tp + tensor_rank
 
 
-def _load_engine_and_rng(engine, checkpoint: Path, saved_layout: dict) -> Optional[str]:
+def _load_engine_and_rng(engine, checkpoint: Path, saved_layout: dict, universal: bool) -> Optional[str]:
     """None on success, else why this rank failed (a corrupt file makes torch/DeepSpeed raise anything)."""
     try:
         rng_state = files.read_json(files.rng_file(checkpoint, _saved_rank(saved_layout)))
-        load_path, _ = engine.load_checkpoint(str(checkpoint), tag=files.ENGINE_TAG)
+        load_path, _ = engine.load_checkpoint(str(checkpoint), tag=UNIVERSAL_DIR if universal else files.ENGINE_TAG)
     except Exception as err:  # noqa: BLE001 - any failure means "not loadable", reported and skipped
         detail = str(err).strip().splitlines()[:1]
         return f"its state could not be loaded ({type(err).__name__}{': ' + detail[0] if detail else ''})"
@@ -185,7 +214,7 @@ def load_for_inference(load_dir, device=None) -> Inference:
     tensor × pipeline × data layout wrote it (see `_fp32_state_dict`)."""
     from sa_megatron.model import build_model
 
-    checkpoint = _inference_checkpoint(Path(load_dir))
+    checkpoint = complete_checkpoint(Path(load_dir))
     metadata = files.read_metadata(checkpoint)
     if metadata is None:
         raise CheckpointError(f"checkpoint {checkpoint} has an unreadable {files.METADATA}")
@@ -215,13 +244,14 @@ def checkpoint_tokenizer(loaded: Inference):
     return tokenizer
 
 
-def _inference_checkpoint(load_dir: Path) -> Path:
+def complete_checkpoint(load_dir: Path) -> Path:
+    """`load_dir` itself when it is a complete step_N directory, else the newest complete one inside it."""
     if files.is_complete(load_dir):
         return load_dir
-    complete = [p for p in files.step_dirs(load_dir) if files.is_complete(p)]
-    if not complete:
+    newest = newest_complete_checkpoint(load_dir)
+    if newest is None:
         raise CheckpointError(f"{load_dir} holds no complete checkpoint (a step_N directory with a COMPLETE marker)")
-    return complete[0]
+    return newest
 
 
 def _fp32_state_dict(checkpoint: Path, layout: dict, model: torch.nn.Module) -> dict:

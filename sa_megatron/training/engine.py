@@ -33,7 +33,7 @@ def _clips_itself(config: Config) -> bool:
     return needs_gate(config)
 
 
-def deepspeed_config(config: Config, data_parallel: int) -> dict:
+def deepspeed_config(config: Config, data_parallel: int, load_universal: bool = False) -> dict:
     t = config.training
     ds = {
         "train_batch_size": t.global_batch_size,
@@ -44,6 +44,8 @@ def deepspeed_config(config: Config, data_parallel: int) -> dict:
         "steps_per_print": _NEVER,
         "wall_clock_breakdown": False,
     }
+    if load_universal:
+        ds["checkpoint"] = {"load_universal": True}
     if config.parallel.pipeline_parallel > 1:
         # DeepSpeed can send 1/tp of an activation per tensor rank between stages, which is valid only when the
         # tensor ranks hold the same activation: not so on sequence shards.
@@ -80,8 +82,9 @@ def build_layout_model(config: Config, padded_vocab_size: int):
     )
 
 
-def build_engine(config: Config, padded_vocab_size: int, data_parallel: int):
-    """The DeepSpeed engine with AdamW and our lr schedule, and the steps that drive it: (engine, steps)."""
+def build_engine(config: Config, padded_vocab_size: int, data_parallel: int, load_universal: bool = False):
+    """The DeepSpeed engine with AdamW and our lr schedule, and the steps that drive it: (engine, steps).
+    `load_universal`: it will resume from a universal checkpoint (one written at another layout)."""
     import deepspeed
 
     deepspeed.utils.logger.setLevel(logging.WARNING)
@@ -96,7 +99,7 @@ def build_engine(config: Config, padded_vocab_size: int, data_parallel: int):
         model=model,
         optimizer=build_optimizer(model, config),
         lr_scheduler=lr_scheduler_factory(config),
-        config=deepspeed_config(config, data_parallel),
+        config=deepspeed_config(config, data_parallel, load_universal),
         mpu=None if pipelined else topology.grid(),  # a PipelineModule brings its own grid
     )
     gate = StepGate(engine, config.optimizer.clip_grad) if needs_gate(config) else None

@@ -28,6 +28,7 @@ from sa_megatron.training.distributed import any_rank, init_distributed, world_s
 from sa_megatron.training.engine import build_engine
 from sa_megatron.training.grad_norm import global_grad_norm
 from sa_megatron.training.nonfinite import BadStepCounter, NonFiniteState, is_bad_step
+from sa_megatron.training.universal import universal_checkpoint_info
 from sa_megatron.training.preflight import check_run_config, resolve_vocab
 from sa_megatron.training.rng import seed_everything
 from sa_megatron.training.signals import StopRequest
@@ -69,14 +70,16 @@ def _train(config: Config, stop: StopRequest) -> TrainResult:
     dp_size, dp_rank = topology.data_parallel_world_size(), topology.data_parallel_rank()
     train_data, valid_data = build_datasets(config, tokenizer.sha256)
 
-    engine, steps = build_engine(config, padded_vocab, dp_size)
+    identity = checkpoint.run_identity(config, padded_vocab, dp_size, tokenizer.sha256)
+    save_dir = config.checkpoint.save_dir
+    # Checked before the engine exists: a checkpoint of another layout is refused early, or loaded in universal form.
+    universal = checkpoint.resumes_through_universal(save_dir, identity) if save_dir else False
+    engine, steps = build_engine(config, padded_vocab, dp_size, load_universal=universal)
     # Dropout streams (the model's init seeds itself per layer): Megatron's offset per pipeline stage; the
     # tensor-parallel stream differs per tensor rank on top of it.
     stage_seed = config.training.seed + 100 * topology.pipeline_stage()
     seed_everything(stage_seed)
     rng_tracker.seed_tensor_parallel_stream(stage_seed)
-    identity = checkpoint.run_identity(config, padded_vocab, dp_size, tokenizer.sha256)
-    save_dir = config.checkpoint.save_dir
     resumed = checkpoint.resume_latest(engine, save_dir, identity) if save_dir else None
     start = resumed["iteration"] if resumed else 0
     result = TrainResult(iteration=start, consumed_samples=start * config.training.global_batch_size,
@@ -108,6 +111,7 @@ class _Run:
 
     def __init__(self, config: Config, engine, steps, dp_rank: int, dp_size: int, metrics, identity: dict):
         self.config, self.engine, self.steps, self.metrics, self.identity = config, engine, steps, metrics, identity
+        self.universal_info = universal_checkpoint_info(config.model, identity["model_shape"]["padded_vocab_size"])
         self.dp_rank, self.dp_size = dp_rank, dp_size
         save_dir = config.checkpoint.save_dir
         self.loss_log = Path(save_dir) / "losses.jsonl" if save_dir and dist.get_rank() == 0 else None
@@ -248,7 +252,7 @@ class _Run:
         try:
             path = checkpoint.save_checkpoint(self.engine, ckpt.save_dir, step,
                                               step * self.config.training.global_batch_size, self.identity,
-                                              ckpt.keep_last, last_loss=loss)
+                                              ckpt.keep_last, self.universal_info, last_loss=loss)
         except NonFiniteState as err:
             self.stop_diverged(result, str(err))
             return False
