@@ -118,7 +118,8 @@ def test_slurm_sigusr1_saves_and_stops_when_no_restart_is_left(cluster, corpus, 
     wait_until_ended(tmp_path, job_id)
     # Every rank saved and exited 0; the script then refuses to requeue (no restarts left) and fails the job.
     assert job_state(job_id) == ("FAILED", "1:0"), job_report(tmp_path, job_id)
-    assert "not requeued: the job already restarted 0 times (SA_MEGATRON_MAX_RESTARTS=0)" in job_report(tmp_path, job_id)
+    refusal = "not requeued: the job already restarted 0 times (SA_MEGATRON_MAX_RESTARTS=0)"
+    assert refusal in job_report(tmp_path, job_id)
     saved = sorted(int(p.name.split("_")[1]) for p in save_dir.glob("step_*") if (p / "COMPLETE").is_file())
     assert saved and 2 <= saved[-1] < 100_000, saved
     assert "stopped by signal" in job_report(tmp_path, job_id)
