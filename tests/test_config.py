@@ -216,3 +216,22 @@ def test_cli_fields_documents_every_field(capsys):
     assert main(["config", "fields"]) == 0
     out = capsys.readouterr().out
     assert "zero_stage: 0  [int]" in out and "DeepSpeed ZeRO stage" in out
+
+
+def test_batch_error_suggests_values_that_divide():
+    config = load_config([], ["training.micro_batch_size=4", "training.global_batch_size=8"])
+    with pytest.raises(ConfigError, match=r"4 × 8: e.g. set training.global_batch_size=32 or "
+                                          r"training.micro_batch_size=1$"):
+        validate(config, world_size=8)
+
+
+@pytest.mark.parametrize("model, world_size", [("125M", 8), ("350M", 8), ("1.3B", 16), ("2.7B", 32)])
+def test_model_configs_fit_the_world_sizes_the_readme_launches(model, world_size):
+    validate(load_config([CONFIGS / "models" / f"{model}.yaml"]), world_size=world_size)
+
+
+def test_config_show_checks_a_world_size(capsys):
+    assert main(["config", "show", str(CONFIGS / "models" / "125M.yaml"), "--world-size", "8"]) == 0
+    assert "global_batch_size: 256" in capsys.readouterr().out
+    assert main(["config", "show", str(CONFIGS / "models" / "125M.yaml"), "--world-size", "3"]) == 2
+    assert "must be divisible by micro_batch_size × data_parallel = 4 × 3" in capsys.readouterr().err

@@ -5,6 +5,8 @@ import typing
 
 import yaml
 
+from launcher.commands.arguments import positive_int
+
 
 def add_config_arguments(parser) -> None:
     """The CONFIG... and --set arguments shared by every command that reads a run config."""
@@ -18,8 +20,10 @@ def add_config_arguments(parser) -> None:
 def register(subparsers) -> None:
     parser = subparsers.add_parser("config", help="inspect configs")
     actions = parser.add_subparsers(dest="action", required=True)
-    show = actions.add_parser("show", help="print the resolved config as YAML")
+    show = actions.add_parser("show", help="print the resolved config as YAML, after the same checks as train")
     add_config_arguments(show)
+    show.add_argument("--world-size", type=positive_int, metavar="N",
+                      help="also check the layout and batch rules for N ranks (torchrun's nproc × nodes)")
     show.set_defaults(handler=show_config)
     actions.add_parser("fields", help="list every field with its type, default and meaning").set_defaults(
         handler=list_fields
@@ -27,9 +31,12 @@ def register(subparsers) -> None:
 
 
 def show_config(args) -> None:
-    from sa_megatron.config import load_config, to_dict
+    from sa_megatron.config import load_config, to_dict, validate
 
-    print(yaml.safe_dump(to_dict(load_config(args.configs, args.overrides)), sort_keys=False), end="")
+    config = load_config(args.configs, args.overrides)
+    if args.world_size is not None:
+        validate(config, args.world_size)
+    print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
 
 
 def list_fields(args) -> None:

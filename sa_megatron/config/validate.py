@@ -93,9 +93,16 @@ def validate(config: Config, world_size: Optional[int] = None) -> None:
     if world_size is not None:
         dp = data_parallel_size(config, world_size)
         if t.global_batch_size % (t.micro_batch_size * dp):
+            per_step = t.micro_batch_size * dp
+            larger = -(-t.global_batch_size // per_step) * per_step
+            micro = max(m for m in range(1, t.micro_batch_size + 1) if t.global_batch_size % (m * dp) == 0) \
+                if t.global_batch_size % dp == 0 else None
+            fixes = [f"training.global_batch_size={larger}"]
+            if micro is not None:
+                fixes.append(f"training.micro_batch_size={micro}")
             raise ConfigError(
                 f"training.global_batch_size ({t.global_batch_size}) must be divisible by "
-                f"micro_batch_size × data_parallel = {t.micro_batch_size} × {dp}"
+                f"micro_batch_size × data_parallel = {t.micro_batch_size} × {dp}: e.g. set {' or '.join(fixes)}"
             )
 
 
