@@ -1,5 +1,7 @@
 """`sa-megatron data preprocess|inspect`: tokenize corpora into Megatron .bin/.idx, and look inside one."""
 
+from launcher.commands.arguments import positive_int
+
 SAMPLE_TOKENS = 64
 
 
@@ -20,7 +22,7 @@ def register(subparsers) -> None:
     add_corpus_arguments(run)
     run.add_argument("--tokenizer", required=True, metavar="MODEL", help="sentencepiece .model")
     run.add_argument("--output-prefix", required=True, metavar="PREFIX")
-    run.add_argument("--workers", type=int, default=1, help="tokenizer processes")
+    run.add_argument("--workers", type=positive_int, default=1, help="tokenizer processes")
     run.set_defaults(handler=preprocess_command)
     inspect = actions.add_parser("inspect", help="print documents, tokens, dtype and a decoded sample")
     inspect.add_argument("prefix")
@@ -43,6 +45,7 @@ def inspect_command(args) -> None:
     from sa_megatron.data.indexed_dataset import IndexedDataset
     from sa_megatron.data.preprocess import read_sidecar
     from sa_megatron.data.tokenizer import load_tokenizer
+    from sa_megatron.errors import DataError
 
     dataset = IndexedDataset(args.prefix)
     print(f"{args.prefix}: {len(dataset)} documents, {dataset.num_tokens} tokens, dtype {dataset.dtype.name}")
@@ -52,5 +55,10 @@ def inspect_command(args) -> None:
     if args.tokenizer and len(dataset):
         tokenizer = load_tokenizer(args.tokenizer)
         check_dataset_tokenizer(args.prefix, tokenizer.vocab_size, tokenizer.sha256)
-        print(f"sample (first {SAMPLE_TOKENS} tokens of document 0): "
-              f"{tokenizer.decode(dataset.get(0)[:SAMPLE_TOKENS])!r}")
+        sample = dataset.get(0)[:SAMPLE_TOKENS]
+        # The sidecar may vouch for a .bin it did not describe; sentencepiece would raise IndexError on such ids.
+        outside = [int(i) for i in sample if not 0 <= i < tokenizer.vocab_size]
+        if outside:
+            raise DataError(f"{args.prefix}.bin: document 0 holds token id {outside[0]}, outside the tokenizer's "
+                            f"{tokenizer.vocab_size} ids; preprocess it again with the run's tokenizer")
+        print(f"sample (first {SAMPLE_TOKENS} tokens of document 0): {tokenizer.decode(sample)!r}")

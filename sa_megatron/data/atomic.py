@@ -30,6 +30,8 @@ def atomic_paths(*targets):
 
 def create_temp_beside(target: Path) -> Path:
     """Create target's folder and an empty temp in it, so an unwritable path fails now, named, not after the work."""
+    if target.is_dir():  # the final rename onto a folder would fail only after the work
+        raise DataError(f"{target}: is a folder; expected a file path to write (a new file or one to replace)")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         temp = unique_temp_path(target)

@@ -1,5 +1,10 @@
 """The `tokenizer` and `data` commands end to end through `launcher.cli.main`."""
 
+import json
+from pathlib import Path
+
+import pytest
+
 from launcher.cli import main
 
 
@@ -68,3 +73,39 @@ def test_preprocess_output_under_a_file(bpe_model, tmp_path, capsys):
         assert err.startswith(f"sa-megatron data: error: {output}.bin: cannot write there (")
         assert err.endswith("); expected a path in a writable folder\n") and str(corpus) in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt"]
+
+
+def test_outputs_that_are_folders_are_refused_before_the_work(shared_data, bpe_model, tmp_path, capsys):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text((shared_data / "gutenberg/alice_in_wonderland_pg11.txt").read_text(encoding="utf-8"))
+    (tmp_path / "tok.model").mkdir()
+    assert main(["tokenizer", "train", "--input", str(corpus), "--vocab-size", "500",
+                 "--input-sentence-size", "2000", "--output", str(tmp_path / "tok")]) == 2
+    assert capsys.readouterr().err == (f"sa-megatron tokenizer: error: {tmp_path / 'tok.model'}: is a folder; "
+                                       "expected a file path to write (a new file or one to replace)\n")
+    (tmp_path / "data.bin").mkdir()
+    assert main(["data", "preprocess", "--input", str(corpus), "--tokenizer", str(bpe_model),
+                 "--output-prefix", str(tmp_path / "data")]) == 2
+    assert capsys.readouterr().err.startswith(f"sa-megatron data: error: {tmp_path / 'data.bin'}: is a folder; ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt", "data.bin", "tok.model"]  # no temps left
+
+
+def test_inspect_ids_outside_the_tokenizer_despite_its_sidecar(make_dataset, bpe_model, capsys):
+    from sa_megatron.data.tokenizer import load_tokenizer
+
+    prefix = make_dataset([[1, 2, 5000]])  # a sidecar claiming this tokenizer, over a .bin it did not write
+    tokenizer = load_tokenizer(bpe_model)
+    Path(f"{prefix}.json").write_text(json.dumps({"vocab_size": 1000, "tokenizer_sha256": tokenizer.sha256}))
+    assert main(["data", "inspect", prefix, "--tokenizer", str(bpe_model)]) == 2
+    assert capsys.readouterr().err.endswith(
+        f"error: {prefix}.bin: document 0 holds token id 5000, outside the tokenizer's 1000 ids; "
+        "preprocess it again with the run's tokenizer\n")
+
+
+@pytest.mark.parametrize("workers", ["0", "-3", "two"])
+def test_preprocess_needs_at_least_one_worker(bpe_model, tmp_path, capsys, workers):
+    with pytest.raises(SystemExit) as exit_:
+        main(["data", "preprocess", "--input", "x.txt", "--tokenizer", str(bpe_model),
+              "--output-prefix", str(tmp_path / "d"), "--workers", workers])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.endswith(f"argument --workers: expected a positive integer, got '{workers}'\n")
