@@ -5,8 +5,9 @@ import torch
 
 from kernels.chunked import chunked_attention
 from kernels.eager import VARIANTS, eager_attention
+from kernels.sdpa import sdpa_attention
 
-BACKENDS = ("auto", "triton", "chunked", "eager")
+BACKENDS = ("auto", "sdpa", "triton", "chunked", "eager")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # Below this many scores the eager path's few large ops beat the chunked path's Python loop.
@@ -21,25 +22,30 @@ def sa_attention(q, k, v, *, variant="sa", causal=True, scale=None, alibi_slopes
     tensor (fixed, no gradient); kerple: ``(p, a)`` pair of ``(heads,)`` tensors (gradients flow); at most one.
     K/V may have fewer heads than q when that number divides the query heads (grouped-query attention).
     When ``n_q != n_k`` queries align to the end of the keys; causal then needs ``n_q <= n_k``.
-    backend: "triton" (CUDA, or CPU with TRITON_INTERPRET=1), "chunked" (O(N * chunk) memory), "eager"
-    (materializes N x N; the reference), "auto" (triton for CUDA fp16/bf16/fp32, else eager when
+    backend: "sdpa" (torch's scaled_dot_product_attention: softmax without Kerple only), "triton" (CUDA, or CPU
+    with TRITON_INTERPRET=1), "chunked" (O(N * chunk) memory), "eager" (materializes N x N; the reference), "auto"
+    (sdpa for softmax without Kerple on every device; else triton for CUDA fp16/bf16/fp32, else eager when
     ``n_q * n_k <= 256 * 256``, else chunked).
     """
     check_inputs(q, k, v, variant, scale, alibi_slopes, kerple, eps, backend)
     options = dict(variant=variant, causal=causal, scale=scale, alibi_slopes=alibi_slopes, kerple=kerple, eps=eps)
-    backend = _resolve_backend(backend, q, k)
+    backend = _resolve_backend(backend, variant, kerple, q, k)
     if backend == "triton":
         return _triton()(q, k, v, **options)
     group = q.shape[1] // k.shape[1]
     if group > 1:
         k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    if backend == "sdpa":
+        return sdpa_attention(q, k, v, causal=causal, scale=scale, alibi_slopes=alibi_slopes)
     attention = eager_attention if backend == "eager" else chunked_attention
     return attention(q, k, v, **options)
 
 
-def _resolve_backend(backend, q, k):
+def _resolve_backend(backend, variant, kerple, q, k):
     if backend != "auto":
         return backend
+    if variant == "softmax" and kerple is None:
+        return "sdpa"
     if q.device.type == "cuda" and q.dtype in TRITON_DTYPES:
         return "triton"
     return "eager" if q.shape[2] * k.shape[2] <= EAGER_MAX_SCORES else "chunked"
@@ -60,6 +66,9 @@ def check_inputs(q, k, v, variant, scale, alibi_slopes, kerple, eps, backend):
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "sdpa" and (variant != "softmax" or kerple is not None):
+        raise ValueError("backend='sdpa' runs softmax attention without a Kerple bias only; "
+                         f"got variant={variant!r}{' with kerple' if kerple is not None else ''}")
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor) or t.dim() != 4:
             shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__

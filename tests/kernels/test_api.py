@@ -26,6 +26,30 @@ def test_auto_picks_eager_for_small_and_chunked_for_large_on_cpu(n, expected):
     torch.testing.assert_close(sa_attention(q, k, v), expected(q, k, v), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("alibi", [False, True])
+@pytest.mark.parametrize("n_q, n_k, kv_heads", [(33, 33, 4), (17, 40, 4), (33, 33, 2)])
+def test_auto_runs_softmax_through_sdpa_like_the_float64_reference(causal, alibi, n_q, n_k, kv_heads):
+    if not causal and n_q != n_k:
+        pytest.skip("the non-causal case does not depend on the alignment")
+    gen = torch.Generator().manual_seed(1)
+    q = torch.randn(2, 4, n_q, 16, generator=gen, dtype=torch.float64, requires_grad=True)
+    k, v = (torch.randn(2, kv_heads, n_k, 16, generator=gen, dtype=torch.float64, requires_grad=True) for _ in "kv")
+    slopes = torch.tensor([0.5, 0.25, 0.125, 0.0625], dtype=torch.float64) if alibi else None
+    grads = []
+    for backend in ("auto", "eager"):
+        out = sa_attention(q, k, v, variant="softmax", causal=causal, alibi_slopes=slopes, backend=backend)
+        grads.append((out, *torch.autograd.grad(out.square().sum(), (q, k, v))))
+    for got, expected in zip(*grads):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_sdpa_backend_refuses_what_it_does_not_compute():
+    q, k, v = qkv(8)
+    with pytest.raises(ValueError, match="backend='sdpa' runs softmax attention without a Kerple bias only"):
+        sa_attention(q, k, v, variant="sa", backend="sdpa")
+
+
 @pytest.mark.parametrize("backend", ["eager", "chunked"])
 def test_named_backend_is_used(backend):
     q, k, v = qkv(40)
