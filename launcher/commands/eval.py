@@ -23,10 +23,12 @@ def register(subparsers) -> None:
 
 def run_eval(args) -> None:
     from sa_megatron.data import check_dataset_tokenizer
-    from sa_megatron.data.atomic import atomic_paths
+    from sa_megatron.data.atomic import atomic_paths, check_writable_folder
     from sa_megatron.eval.perplexity import load_token_stream, perplexity_at_lengths
     from sa_megatron.training.checkpoint import load_for_inference
 
+    if args.tensorboard_dir:
+        check_writable_folder(args.tensorboard_dir)  # before the evaluation, whose results it would lose
     with contextlib.ExitStack() as stack:
         # Entered first, so an unwritable --output fails before the evaluation; the JSON appears whole or not at all.
         output = stack.enter_context(atomic_paths(args.output))[0] if args.output else None

@@ -42,6 +42,21 @@ def create_temp_beside(target: Path) -> Path:
     return temp
 
 
+def check_writable_folder(folder) -> None:
+    """Create `folder` and a probe file in it, so a log folder that cannot be written fails before the work."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"{folder}: is a file; expected a folder to write into")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = unique_temp_path(folder / "probe")
+        probe.touch(exist_ok=False)
+        probe.unlink()
+    except OSError as err:
+        raise DataError(f"{folder}: cannot write there ({err.strerror}: {err.filename}); "
+                        "expected a writable folder") from None
+
+
 def unique_temp_path(target: Path) -> Path:
     """A hidden name next to `target` that no other process or call picks."""
     return target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")

@@ -1,15 +1,17 @@
-"""Text generation by recomputing the whole window each step (no KV cache: this is for inspecting models).
+"""Text generation with a KV cache (`kv_cache.py`), within the model's usable context (`context.py`).
 
 Sampling order: mask padded vocabulary rows, divide by temperature, keep the top-k logits, then keep the
 minimal nucleus whose probability reaches top_p. Temperature 0 means greedy argmax.
 """
 
 import math
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
 from sa_megatron.errors import UserInputError
+from sa_megatron.eval.kv_cache import decoder_for
 
 # Below this, sampling is greedy in effect and logits / temperature can overflow to inf (then NaN probabilities).
 MIN_TEMPERATURE = 1e-4
@@ -39,14 +41,35 @@ def next_token(logits: torch.Tensor, *, temperature: float, top_k: int, top_p: f
     return int(torch.multinomial(probs.cpu(), 1, generator=generator))
 
 
-@torch.no_grad()
+@dataclass
+class ContextFit:
+    prompt_ids: list[int]
+    max_new_tokens: int
+    notes: list[str]
+
+
+def fit_to_context(prompt_ids: list[int], max_new_tokens: int, context: int) -> ContextFit:
+    """Prompt and new tokens together fit in `context` tokens. A prompt that leaves too little room keeps its
+    newest tokens, but never fewer than half the context (or all of it when shorter); the new tokens get the rest."""
+    notes = []
+    keep = min(len(prompt_ids), max(context - max_new_tokens, context // 2, 1))
+    if keep < len(prompt_ids):
+        notes.append(f"the prompt of {len(prompt_ids)} tokens keeps its last {keep}: the model's usable context is "
+                     f"{context} tokens (see --max-context)")
+    room = context - keep
+    if max_new_tokens > room:
+        notes.append(f"generating at most {room} of the {max_new_tokens} new tokens asked for: the model's usable "
+                     f"context is {context} tokens and the prompt takes {keep} (see --max-context)")
+    return ContextFit(prompt_ids[len(prompt_ids) - keep:], min(max_new_tokens, room), notes)
+
+
 def generate_tokens(model, prompt_ids: list[int], *, max_new_tokens: int, vocab_size: int,
                     eod_id: Optional[int] = None, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                    seed: int = 0, context_limit: Optional[int] = None) -> list[int]:
+                    seed: int = 0) -> list[int]:
     """The new token ids after `prompt_ids`, stopping after `max_new_tokens` or at `eod_id` (not returned).
 
-    `vocab_size` is the tokenizer's: logits for the padded rows beyond it are never sampled.
-    `context_limit` keeps only the newest tokens as model input (learned positions cannot go further).
+    `vocab_size` is the tokenizer's: logits for the padded rows beyond it are never sampled. The model sees the
+    whole prompt and every new token: fit them to its context first (`fit_to_context`).
     """
     if not prompt_ids:
         raise UserInputError("generation needs at least one prompt token")
@@ -58,27 +81,33 @@ def generate_tokens(model, prompt_ids: list[int], *, max_new_tokens: int, vocab_
     model.eval()
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
-    tokens = list(prompt_ids)
+    decoder = decoder_for(model)
+    logits = decoder.step(torch.tensor([prompt_ids], device=device))
     new_tokens = []
-    for _ in range(max_new_tokens):
-        window = tokens[-context_limit:] if context_limit else tokens
-        logits = model(torch.tensor([window], device=device))[0, -1, :vocab_size]
-        token = next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+    while len(new_tokens) < max_new_tokens:
+        token = next_token(logits[0, :vocab_size], temperature=temperature, top_k=top_k, top_p=top_p,
+                           generator=generator)
         if token == eod_id:
             break
-        tokens.append(token)
         new_tokens.append(token)
+        if len(new_tokens) < max_new_tokens:  # no step after the last token: it may not fit the context
+            logits = decoder.step(torch.tensor([[token]], device=device))
     return new_tokens
 
 
-def generate(model, tokenizer, prompt: str, *, max_new_tokens: int = 100, temperature: float = 0.8,
-             top_k: int = 50, top_p: float = 0.95, seed: int = 0, context_limit: Optional[int] = None) -> str:
-    """The continuation of `prompt` as text. An empty prompt starts from EOD, i.e. a fresh document."""
-    prompt_ids = tokenizer.encode(prompt) or [tokenizer.eod_id]
+@dataclass
+class Generation:
+    text: str  # the continuation
+    notes: list[str]  # what was cut to fit the context
+
+
+def generate(model, tokenizer, prompt: str, *, context: int, max_new_tokens: int = 100, temperature: float = 0.8,
+             top_k: int = 50, top_p: float = 0.95, seed: int = 0) -> Generation:
+    """The continuation of `prompt`, within `context` tokens. An empty prompt starts from EOD (a fresh document)."""
+    fit = fit_to_context(tokenizer.encode(prompt) or [tokenizer.eod_id], max_new_tokens, context)
     new_ids = generate_tokens(
-        model, prompt_ids, max_new_tokens=max_new_tokens, vocab_size=tokenizer.vocab_size,
+        model, fit.prompt_ids, max_new_tokens=fit.max_new_tokens, vocab_size=tokenizer.vocab_size,
         eod_id=tokenizer.eod_id, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-        context_limit=context_limit,
     )
     # Decode prompt and continuation together: sentencepiece puts word-boundary spaces on the following piece.
-    return tokenizer.decode(prompt_ids + new_ids)[len(tokenizer.decode(prompt_ids)):]
+    return Generation(tokenizer.decode(fit.prompt_ids + new_ids)[len(tokenizer.decode(fit.prompt_ids)):], fit.notes)

@@ -52,6 +52,18 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, N, hidden) → (B, N, hidden); (B, N/tp, hidden) both ways under sequence parallelism."""
+        q, k, v = self.project_qkv(x)
+        if self.measure_row_mass:
+            # v = ones puts each row's weight sum Σ_j w_ij in every output column (the kernels need v's head dim
+            # to equal k's, so the probe is as wide as v).
+            with torch.no_grad():
+                self.row_mass = self.attend(q, k, torch.ones_like(v))[..., 0].float().mean()
+        return self.project_out(self.attend(q, k, v))
+
+    def project_qkv(self, x: torch.Tensor, first_position: int = 0):
+        """x (B, N, hidden) → q, k, v, each (B, H, N, D), q and k rotated when the model uses RoPE.
+
+        `first_position`: the position of x's first token (nonzero only for generation with a KV cache)."""
         qkv = self.qkv(x)  # the whole sequence, also when x is this rank's part of it (sequence parallelism)
         batch, seq, _ = qkv.shape
         qkv = qkv.view(batch, seq, self.local_heads, 3, self.head_dim)
@@ -59,13 +71,12 @@ class SelfAttention(nn.Module):
         # zero-fill a full-size gradient buffer)
         q, k, v = (t.transpose(1, 2) for t in qkv.unbind(3))  # each (B, H, N, D)
         if self.rotary is not None:
-            q, k = self.rotary(q, k)
-        if self.measure_row_mass:
-            # v = ones puts each row's weight sum Σ_j w_ij in every output column (the kernels need v's head dim
-            # to equal k's, so the probe is as wide as v).
-            with torch.no_grad():
-                self.row_mass = self.attend(q, k, torch.ones_like(v))[..., 0].float().mean()
-        out = self.attend(q, k, v)
+            q, k = self.rotary(q, k, first_position)
+        return q, k, v
+
+    def project_out(self, out: torch.Tensor) -> torch.Tensor:
+        """The attention core's output (B, H, N, D) → (B, N, hidden) through the output projection."""
+        batch, _, seq, _ = out.shape
         return self.dense(out.transpose(1, 2).reshape(batch, seq, self.local_heads * self.head_dim))
 
     def attend(self, q, k, v):

@@ -34,10 +34,11 @@ class RotaryEmbedding(nn.Module):
         # Not persistent: derived from config, so checkpoints need not carry it.
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor):
-        """Rotate q, k of shape (B, H, N, D) by their positions 0..N-1 (angles in fp32, fp64 for fp64 inputs)."""
+    def forward(self, q: torch.Tensor, k: torch.Tensor, first_position: int = 0):
+        """Rotate q, k of shape (B, H, N, D) by their positions first_position..first_position+N-1 (angles in fp32,
+        fp64 for fp64 inputs). Generation with a KV cache passes the cache length as `first_position`."""
         dtype = torch.promote_types(q.dtype, torch.float32)
-        positions = torch.arange(q.shape[-2], device=q.device, dtype=dtype)
+        positions = torch.arange(first_position, first_position + q.shape[-2], device=q.device, dtype=dtype)
         angles = torch.outer(positions, self.inv_freq.to(q.device, dtype))
         cos, sin = angles.cos().repeat(1, 2), angles.sin().repeat(1, 2)
         return self._rotate(q, cos, sin), self._rotate(k, cos, sin)

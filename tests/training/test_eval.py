@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -14,7 +15,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from launcher.cli import main
 from sa_megatron.config.schema import ModelConfig
 from sa_megatron.errors import UserInputError
-from sa_megatron.eval.generate import filter_logits, generate_tokens
+from sa_megatron.eval.context import generation_context
+from sa_megatron.eval.generate import ContextFit, filter_logits, fit_to_context, generate_tokens
 from sa_megatron.eval.perplexity import perplexity_at_length, perplexity_at_lengths, window_count
 from sa_megatron.model import build_model
 from tests.training.launch import child_env
@@ -91,12 +93,12 @@ def test_learned_positions_refuse_longer_windows():
         perplexity_at_lengths(model, config, random_stream(100), [16, 32])
 
 
-def greedy_by_hand(model, prompt, steps, context_limit=None):
+def greedy_by_hand(model, prompt, steps):
+    """Greedy decoding by running the whole sequence through the training forward at every step (no cache)."""
     tokens = list(prompt)
     with torch.no_grad():
         for _ in range(steps):
-            window = tokens[-context_limit:] if context_limit else tokens
-            tokens.append(int(model(torch.tensor([window]))[0, -1, :VOCAB].argmax()))
+            tokens.append(int(model(torch.tensor([tokens]))[0, -1, :VOCAB].argmax()))
     return tokens[len(prompt):]
 
 
@@ -128,10 +130,38 @@ def test_stops_at_eod(rope_model):
     assert stopped == greedy[:stop]
 
 
-def test_learned_positions_generate_past_their_table_by_truncating():
+def test_learned_positions_generate_up_to_their_table():
     model, config = tiny_model("learned", seq_length=8)
-    tokens = generate_tokens(model, [3, 4, 5], max_new_tokens=12, vocab_size=VOCAB, temperature=0.0, context_limit=8)
-    assert tokens == greedy_by_hand(model, [3, 4, 5], 12, context_limit=8)
+    tokens = generate_tokens(model, [3, 4, 5], max_new_tokens=5, vocab_size=VOCAB, temperature=0.0)
+    assert tokens == greedy_by_hand(model, [3, 4, 5], 5)  # 8 tokens: the whole table
+    with pytest.raises(ValueError, match="sequence of 9 tokens exceeds the learned position table"):
+        generate_tokens(model, [3, 4, 5], max_new_tokens=7, vocab_size=VOCAB, temperature=0.0)
+
+
+def test_fit_to_context():
+    fit = fit_to_context([1, 2, 3], 10**12, 128)
+    assert (fit.prompt_ids, fit.max_new_tokens) == ([1, 2, 3], 125)
+    assert fit.notes == ["generating at most 125 of the 1000000000000 new tokens asked for: the model's usable "
+                         "context is 128 tokens and the prompt takes 3 (see --max-context)"]
+    long_prompt = list(range(1000))
+    fit = fit_to_context(long_prompt, 100, 512)  # the prompt gives way to the new tokens
+    assert (fit.prompt_ids, fit.max_new_tokens) == (long_prompt[-412:], 100)
+    assert fit.notes == ["the prompt of 1000 tokens keeps its last 412: the model's usable context is 512 tokens "
+                         "(see --max-context)"]
+    fit = fit_to_context(long_prompt, 10**12, 512)  # ... but keeps at least half the context
+    assert (fit.prompt_ids, fit.max_new_tokens, len(fit.notes)) == (long_prompt[-256:], 256, 2)
+    assert fit_to_context([1, 2], 5, 8) == ContextFit([1, 2], 5, [])
+
+
+def test_generation_context():
+    assert generation_context(tiny_model("rope")[1]) == 4 * 16
+    assert generation_context(tiny_model("alibi")[1], 1000) == 1000
+    learned = tiny_model("learned")[1]
+    assert generation_context(learned) == generation_context(learned, 16) == 16
+    with pytest.raises(UserInputError, match="--max-context 17 exceeds the learned position table of 16 rows"):
+        generation_context(learned, 17)
+    with pytest.raises(UserInputError, match="--max-context 1 leaves no room"):
+        generation_context(learned, 1)
 
 
 def test_top_p_keeps_the_minimal_nucleus():
@@ -243,3 +273,52 @@ def test_cli_generate_is_deterministic_when_greedy(trained_run, capsys):
     assert outputs[0] == outputs[1] and outputs[0].startswith("First Citizen:")
     assert main(args + ["--temperature", "0.9", "--top-k", "20", "--top-p", "0.9", "--seed", "3"]) == 0
     assert capsys.readouterr().out.startswith("First Citizen:")
+
+
+def test_cli_eval_refuses_output_paths_before_evaluating(trained_run, tmp_path, capsys):
+    save_dir, prefix = trained_run
+    args = ["eval", "--load", save_dir, "--data", prefix, "--lengths", "16"]
+    a_file, a_folder = tmp_path / "a-file", tmp_path / "a-folder"
+    a_file.write_text("")
+    a_folder.mkdir()
+    for bad, message in ((["--output", str(a_folder)], f"{a_folder}: is a folder; expected a file path to write"),
+                         (["--tensorboard-dir", str(a_file)], f"{a_file}: is a file; expected a folder to write into"),
+                         (["--tensorboard-dir", str(a_file / "tb")], f"{a_file / 'tb'}: cannot write there (")):
+        assert main(args + bad) == 2
+        captured = capsys.readouterr()
+        assert captured.err.startswith(f"sa-megatron eval: error: {message}") and len(captured.err.splitlines()) == 1
+        assert captured.out == ""  # refused before evaluating
+
+
+def test_cli_generate_refuses_huge_seeds_and_prompts_that_are_not_utf8(trained_run, capsys):
+    save_dir, _ = trained_run
+    with pytest.raises(SystemExit) as exit_:
+        main(["generate", "--load", save_dir, "--seed", str(2**70)])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.endswith(f"argument --seed: expected an integer seed in [0, 2**64), got '{2**70}'\n")
+    # Bytes that are not UTF-8 reach Python's argv as lone surrogates; a real process, so they pass through exec.
+    prompt = os.fsdecode(b"caf\xe9 au lait")
+    done = subprocess.run([sys.executable, "-m", "launcher.cli", "generate", "--load", save_dir, "--prompt", prompt],
+                          env=child_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[-1] == ("sa-megatron generate: error: argument --prompt: expected UTF-8 text; "
+                                            "byte 0xe9 at character 3 is not valid UTF-8")
+
+
+def test_cli_generate_is_capped_at_the_usable_context(trained_run, capsys):
+    save_dir, _ = trained_run  # rope, trained on 32 tokens: 4 x 32 = 128 tokens of context by default
+    args = ["generate", "--load", save_dir, "--temperature", "0"]
+    assert main(args + ["--prompt", "First Citizen:", "--max-new-tokens", str(10**12)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("First Citizen:")
+    (note,) = captured.err.splitlines()
+    assert note.startswith(f"note: generating at most ") and note.endswith(
+        f" of the {10**12} new tokens asked for: the model's usable context is 128 tokens and the prompt takes "
+        f"{128 - int(note.split()[4])} (see --max-context)")
+    prompt = "First Citizen: we are accounted poor citizens.\n" * 4400  # 211 KB
+    assert main(args + ["--prompt", prompt, "--max-new-tokens", "20", "--max-context", "64"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith(prompt) and len(captured.out) > len(prompt)
+    (note,) = captured.err.splitlines()
+    assert note.startswith("note: the prompt of ") and note.endswith(
+        " tokens keeps its last 44: the model's usable context is 64 tokens (see --max-context)")
