@@ -10,7 +10,7 @@ import sys
 
 from sa_megatron.errors import UserInputError
 
-COMMANDS = ["config", "tokenizer", "data", "train", "eval", "generate", "plan", "slurm", "checkpoint"]
+COMMANDS = ["config", "tokenizer", "data", "train", "eval", "generate", "plan", "slurm", "checkpoint", "study"]
 
 
 def build_parser() -> argparse.ArgumentParser:

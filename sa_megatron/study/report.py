@@ -1,0 +1,141 @@
+"""report.md: perplexity tables (mean ± std over seeds, best per column in bold), the relative change of sa and
+sa_raw against softmax, the plots, and a "what this shows" paragraph written from the same numbers."""
+
+from collections import defaultdict
+from datetime import datetime, timezone
+
+from sa_megatron.data.atomic import write_bytes_atomic
+from sa_megatron.study.results import collect, mean_std
+from sa_megatron.study.spec import Study
+
+VARIANTS = ("softmax", "sa", "sa_raw")
+MODES = {"whole": "whole window (every position scored)", "last": "last K tokens of each window"}
+
+
+def write_report(study: Study) -> str:
+    from sa_megatron.study.plots import write_plots
+
+    results, missing = collect(study)
+    evaluated = [r for r in results if r.diverged is None]
+    cells = _cells(evaluated)
+    plots = write_plots(study.study_dir, results, cells)
+    lines = [f"# Study `{study.name}`", "", _preamble(study, results, evaluated, missing), ""]
+    if evaluated:
+        lengths = sorted(next(iter(evaluated)).ppl["whole"])
+        k = study.eval.score_last or lengths[0]
+        for mode, title in MODES.items():
+            lines += [f"## Perplexity, {title.replace('K', str(k))}", "", *_table(cells, mode, lengths), "",
+                      *_relative_table(cells, mode, lengths), ""]
+        lines += ["## What this shows", "", _findings(cells, lengths), ""]
+    diverged = [r for r in results if r.diverged]
+    if diverged:
+        lines += ["## Diverged runs", "", *[f"- `{r.name}`: {r.diverged}" for r in diverged], ""]
+    lines += ["## Plots", "", *[f"![{name}]({name})" for name in plots], ""]
+    text = "\n".join(lines)
+    write_bytes_atomic(study.study_dir / "report.md", text.encode())
+    return text
+
+
+def _cells(evaluated) -> dict:
+    """(mode, position encoding, variant) → {length: [ppl per seed]}."""
+    cells = defaultdict(lambda: defaultdict(list))
+    for r in evaluated:
+        for mode, by_length in r.ppl.items():
+            for length, ppl in by_length.items():
+                cells[(mode, r.position_encoding, r.attention)][length].append(ppl)
+    return cells
+
+
+def _groups(cells, mode):
+    encodings = sorted({pe for (m, pe, _) in cells if m == mode})
+    return [(pe, [v for v in VARIANTS if (mode, pe, v) in cells]) for pe in encodings]
+
+
+def _preamble(study, results, evaluated, missing) -> str:
+    runs = len(study.runs)
+    seeds = sorted({r.seed for r in evaluated})
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    text = (f"Written {when} by `sa-megatron study {study.path}` from {len(results)} of {runs} runs "
+            f"({len(evaluated)} evaluated, seeds {seeds}). Every run trains the same data for the same steps with "
+            f"the same hyperparameters; only the grid ({', '.join(k for k, _ in study.grid)}) varies. Perplexity is "
+            "measured on held-out text no run trained on, at multiples of the training length.")
+    if missing:
+        text += (f"\n\n**Partial report: {len(missing)} of {runs} runs have not finished** "
+                 f"({', '.join(missing)}); run the study again to finish them.")
+    return text
+
+
+def _table(cells, mode, lengths) -> list[str]:
+    rows = ["| PE | attention | " + " | ".join(f"{L}" for L in lengths) + " |",
+            "|---|---|" + "---:|" * len(lengths)]
+    for pe, variants in _groups(cells, mode):
+        best = {L: min(mean_std(cells[(mode, pe, v)][L])[0] for v in variants) for L in lengths}
+        for v in variants:
+            entries = []
+            for L in lengths:
+                mean, std = mean_std(cells[(mode, pe, v)][L])
+                entry = f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else "")
+                entries.append(f"**{entry}**" if mean == best[L] and len(variants) > 1 else entry)
+            rows.append(f"| {pe} | {v} | " + " | ".join(entries) + " |")
+    return rows + ["", "Mean ± std over seeds; **bold**: the best attention variant for that PE and length."]
+
+
+def _relative(cells, mode, pe, variant, length) -> float:
+    return mean_std(cells[(mode, pe, variant)][length])[0] / mean_std(cells[(mode, pe, "softmax")][length])[0] - 1
+
+
+def _relative_table(cells, mode, lengths) -> list[str]:
+    rows = ["| PE | vs softmax | " + " | ".join(f"{L}" for L in lengths) + " |", "|---|---|" + "---:|" * len(lengths)]
+    for pe, variants in _groups(cells, mode):
+        for v in variants:
+            if v != "softmax" and "softmax" in variants:
+                changes = [f"{100 * _relative(cells, mode, pe, v, L):+.1f}%" for L in lengths]
+                rows.append(f"| {pe} | {v} | " + " | ".join(changes) + " |")
+    if len(rows) == 2:
+        return []
+    return rows + ["", "Relative change of mean perplexity against softmax with the same PE (negative = better)."]
+
+
+def _findings(cells, lengths) -> str:
+    """Who wins where, whether gaps exceed the seed spread, and how that sits with the paper's claim."""
+    mode, first, last = "whole", lengths[0], lengths[-1]
+    sentences, wins, cells_compared, beyond_spread, spread_known = [], 0, 0, 0, True
+    gain_short, gain_long = [], []
+    for pe, variants in _groups(cells, mode):
+        means = {L: {v: mean_std(cells[(mode, pe, v)][L])[0] for v in variants} for L in lengths}
+        winners = {L: min(means[L], key=means[L].get) for L in (first, last)}
+        sentence = (f"With {pe}, {winners[first]} is best at the training length {first} "
+                    f"(ppl {means[first][winners[first]]:.2f}) and {winners[last]} at {last} "
+                    f"(ppl {means[last][winners[last]]:.2f})")
+        if "softmax" in variants and "sa" in variants:
+            sentence += (f"; sa vs softmax: {100 * _relative(cells, mode, pe, 'sa', first):+.1f}% at {first}, "
+                         f"{100 * _relative(cells, mode, pe, 'sa', last):+.1f}% at {last}")
+            gain_short.append(-_relative(cells, mode, pe, "sa", first))
+            gain_long.append(-_relative(cells, mode, pe, "sa", last))
+            for L in lengths:
+                sa, soft = cells[(mode, pe, "sa")][L], cells[(mode, pe, "softmax")][L]
+                cells_compared += 1
+                wins += mean_std(sa)[0] < mean_std(soft)[0]
+                (_, sa_std), (_, soft_std) = mean_std(sa), mean_std(soft)
+                if sa_std is None or soft_std is None:
+                    spread_known = False
+                elif abs(mean_std(sa)[0] - mean_std(soft)[0]) > sa_std + soft_std:
+                    beyond_spread += 1
+        sentences.append(sentence + ".")
+    if cells_compared:
+        sentences.append(f"Over all PEs and lengths, sa has the lower mean perplexity than softmax in {wins} of "
+                         f"{cells_compared} cells (whole-window scoring).")
+        sentences.append(
+            f"The sa-softmax gap exceeds the sum of the two seed standard deviations in {beyond_spread} of "
+            f"{cells_compared} cells." if spread_known else
+            "With one seed per configuration the seed spread is unknown, so no gap here can be told apart from "
+            "seed noise.")
+        mean_short, mean_long = sum(gain_short) / len(gain_short), sum(gain_long) / len(gain_long)
+        agrees_better = wins > cells_compared / 2
+        agrees_longer = mean_long > mean_short
+        sentences.append(
+            f"The paper claims SA beats softmax, most clearly past the training length. Here sa's mean gain over "
+            f"softmax is {100 * mean_short:+.1f}% at {first} tokens and {100 * mean_long:+.1f}% at {last} tokens "
+            f"(averaged over PEs): the result {'agrees' if agrees_better else 'disagrees'} that sa is better, and "
+            f"{'agrees' if agrees_longer else 'disagrees'} that the gain grows past the training length.")
+    return " ".join(sentences)
