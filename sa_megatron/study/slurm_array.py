@@ -52,8 +52,10 @@ def submit_array(study, planned, args) -> int:
         time=args.time, signal_lead=DEFAULT_SIGNAL_LEAD_S, partition=args.partition, account=args.account,
         max_restarts=DEFAULT_MAX_RESTARTS)
     script = render_script(render_args, tasks, str(slurm_dir / "task-%A_%a.out")).splitlines()
-    first_body = next(i for i, line in enumerate(script) if line.startswith("export SA_MEGATRON_MAX_RESTARTS"))
-    script[first_body:first_body] = [f"#SBATCH --array=0-{len(todo) - 1}", PICK_CONFIG]
+    script.insert(next(i for i, line in enumerate(script) if line.startswith("# written by")),
+                  f"#SBATCH --array=0-{len(todo) - 1}")
+    script.insert(next(i for i, line in enumerate(script) if line.startswith("export SA_MEGATRON_MAX_RESTARTS")),
+                  PICK_CONFIG)
     script_path = slurm_dir / "study.sbatch"
     script_path.write_text("\n".join(script) + "\n")
 

@@ -104,7 +104,8 @@ def load_study(path, study_dir: Optional[str] = None) -> Study:
     if len({run.name for run in runs}) != len(runs):
         raise ConfigError(f"{path}: the grid repeats a value, so two runs would share a name")
     study = Study(path, name, base, grid, corpus, evaluation,
-                  Path(study_dir or raw.get("study_dir") or f"runs/studies/{name}"), runs)
+                  # Absolute: checkpoints record their data paths, and a run may resume from another directory.
+                  Path(study_dir or raw.get("study_dir") or f"runs/studies/{name}").absolute(), runs)
     placeholders = {key: "placeholder" for key in ("checkpoint.save_dir", "logging.tensorboard_dir")}
     for run in runs:  # every run's config must validate before the first one trains
         study.run_config(run, placeholders)

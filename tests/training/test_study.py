@@ -154,3 +154,33 @@ def test_bad_study_file_is_one_line_error_before_training(content, message, corp
     error = capsys.readouterr().err
     assert error.startswith("sa-megatron study: error: ") and error.count("\n") == 1 and message in error
     assert not (tmp_path / "out").exists()
+
+
+def test_slurm_dry_run_writes_one_array_of_the_unfinished_runs(finished, corpus, held_out, tmp_path, capsys):
+    import subprocess
+
+    path, study_dir, _ = finished
+    assert main(["study", path, "--slurm", "--dry-run", "--time", "1:00:00"]) == 0
+    assert "every selected run is trained" in capsys.readouterr().out
+
+    fresh = write_study(tmp_path / "study.yaml", corpus, held_out, tmp_path / "out")
+    assert main(["study", fresh, "--slurm", "--dry-run", "--time", "1:00:00", "--gpus-per-node", "0",
+                 "--only", "alibi"]) == 0
+    printed = capsys.readouterr().out
+    slurm_dir = tmp_path / "out" / "slurm"
+    assert "2 run(s) as array tasks 0-1: softmax-alibi-s1, sa-alibi-s1" in printed
+    assert f"dry run, not submitted: sbatch --parsable {slurm_dir}/study.sbatch {slurm_dir}/configs.txt" in printed
+    script = (slurm_dir / "study.sbatch").read_text()
+    assert "#SBATCH --array=0-1" in script and "#SBATCH --time=1:00:00" in script and "--gpus-per-node" not in script
+    assert 'exec "$0" -m launcher.cli train "$@"' in script  # the same launch as `slurm submit`
+    subprocess.run(["bash", "-n", str(slurm_dir / "study.sbatch")], check=True)
+    configs = (slurm_dir / "configs.txt").read_text().split()
+    assert configs == [str(tmp_path / "out" / "runs" / name / "config.yaml") for name in ("softmax-alibi-s1", "sa-alibi-s1")]
+    second = yaml.safe_load(open(configs[1]))
+    assert second["model"]["attention"] == "sa" and second["model"]["position_encoding"] == "alibi"
+    assert second["checkpoint"]["save_dir"] == str(tmp_path / "out" / "runs" / "sa-alibi-s1" / "checkpoints")
+    # Task i reads line i+1: what the script's own line selects.
+    (pick,) = [line for line in script.splitlines() if "SLURM_ARRAY_TASK_ID" in line]
+    picked = subprocess.run(["bash", "-c", f'{pick}\necho "$1"', "script", str(slurm_dir / "configs.txt")],
+                            env={"SLURM_ARRAY_TASK_ID": "1", "PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
+    assert picked.stdout.strip() == configs[1]
