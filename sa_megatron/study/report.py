@@ -55,10 +55,16 @@ def _preamble(study, results, evaluated, missing) -> str:
     runs = len(study.runs)
     seeds = sorted({r.seed for r in evaluated})
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    m, t = study.base["model"], study.base["training"]
+    held_out = study.corpus.held_out.name if study.corpus else study.eval.data
+    tokens = f"the first {study.eval.eval_tokens:,} tokens" if study.eval.eval_tokens else "all tokens"
     text = (f"Written {when} by `sa-megatron study {study.path}` from {len(results)} of {runs} runs "
             f"({len(evaluated)} evaluated, seeds {seeds}). Every run trains the same data for the same steps with "
-            f"the same hyperparameters; only the grid ({', '.join(k for k, _ in study.grid)}) varies. Perplexity is "
-            "measured on held-out text no run trained on, at multiples of the training length.")
+            f"the same hyperparameters; only the grid ({', '.join(k for k, _ in study.grid)}) varies: "
+            f"{m['num_layers']} layers, width {m['hidden_size']}, {m['num_attention_heads']} heads, training length "
+            f"{m['seq_length']}, {t['train_iters']} steps of {t['global_batch_size']} sequences. Perplexity is "
+            f"measured on {tokens} of held-out text no run trained on ({held_out}), at multiples of the training "
+            "length, in non-overlapping windows (`sa-megatron eval`'s code).")
     if missing:
         text += (f"\n\n**Partial report: {len(missing)} of {runs} runs have not finished** "
                  f"({', '.join(missing)}); run the study again to finish them.")
@@ -98,44 +104,59 @@ def _relative_table(cells, mode, lengths) -> list[str]:
 
 def _findings(cells, lengths) -> str:
     """Who wins where, whether gaps exceed the seed spread, and how that sits with the paper's claim."""
-    mode, first, last = "whole", lengths[0], lengths[-1]
-    sentences, wins, cells_compared, beyond_spread, spread_known = [], 0, 0, 0, True
-    gain_short, gain_long = [], []
-    for pe, variants in _groups(cells, mode):
-        means = {L: {v: mean_std(cells[(mode, pe, v)][L])[0] for v in variants} for L in lengths}
+    first, last = lengths[0], lengths[-1]
+    sentences, gain_short, gain_long = [], [], []
+    for pe, variants in _groups(cells, "whole"):
+        means = {L: {v: mean_std(cells[("whole", pe, v)][L])[0] for v in variants} for L in lengths}
         winners = {L: min(means[L], key=means[L].get) for L in (first, last)}
         sentence = (f"With {pe}, {winners[first]} is best at the training length {first} "
                     f"(ppl {means[first][winners[first]]:.2f}) and {winners[last]} at {last} "
                     f"(ppl {means[last][winners[last]]:.2f})")
+        for v in ("sa", "sa_raw"):
+            if "softmax" in variants and v in variants:
+                sentence += (f"; {v} vs softmax {100 * _relative(cells, 'whole', pe, v, first):+.1f}% at {first}, "
+                             f"{100 * _relative(cells, 'whole', pe, v, last):+.1f}% at {last}")
         if "softmax" in variants and "sa" in variants:
-            sentence += (f"; sa vs softmax: {100 * _relative(cells, mode, pe, 'sa', first):+.1f}% at {first}, "
-                         f"{100 * _relative(cells, mode, pe, 'sa', last):+.1f}% at {last}")
-            gain_short.append(-_relative(cells, mode, pe, "sa", first))
-            gain_long.append(-_relative(cells, mode, pe, "sa", last))
-            for L in lengths:
-                sa, soft = cells[(mode, pe, "sa")][L], cells[(mode, pe, "softmax")][L]
-                cells_compared += 1
-                wins += mean_std(sa)[0] < mean_std(soft)[0]
-                (_, sa_std), (_, soft_std) = mean_std(sa), mean_std(soft)
-                if sa_std is None or soft_std is None:
-                    spread_known = False
-                elif abs(mean_std(sa)[0] - mean_std(soft)[0]) > sa_std + soft_std:
-                    beyond_spread += 1
+            gain_short.append(-_relative(cells, "whole", pe, "sa", first))
+            gain_long.append(-_relative(cells, "whole", pe, "sa", last))
         sentences.append(sentence + ".")
-    if cells_compared:
-        sentences.append(f"Over all PEs and lengths, sa has the lower mean perplexity than softmax in {wins} of "
-                         f"{cells_compared} cells (whole-window scoring).")
-        sentences.append(
-            f"The sa-softmax gap exceeds the sum of the two seed standard deviations in {beyond_spread} of "
-            f"{cells_compared} cells." if spread_known else
-            "With one seed per configuration the seed spread is unknown, so no gap here can be told apart from "
-            "seed noise.")
-        mean_short, mean_long = sum(gain_short) / len(gain_short), sum(gain_long) / len(gain_long)
-        agrees_better = wins > cells_compared / 2
-        agrees_longer = mean_long > mean_short
-        sentences.append(
-            f"The paper claims SA beats softmax, most clearly past the training length. Here sa's mean gain over "
-            f"softmax is {100 * mean_short:+.1f}% at {first} tokens and {100 * mean_long:+.1f}% at {last} tokens "
-            f"(averaged over PEs): the result {'agrees' if agrees_better else 'disagrees'} that sa is better, and "
-            f"{'agrees' if agrees_longer else 'disagrees'} that the gain grows past the training length.")
+    if not gain_short:
+        return " ".join(sentences)
+    whole, last_k = _sa_vs_softmax(cells, "whole", lengths), _sa_vs_softmax(cells, "last", lengths)
+    sentences.append(f"Over all PEs and lengths, sa has a lower mean perplexity than softmax in {whole['wins']} of "
+                     f"{whole['cells']} cells with whole-window scoring and in {last_k['wins']} of {last_k['cells']} "
+                     "with last-K scoring.")
+    if whole["beyond_spread"] is None:
+        sentences.append("With one seed per configuration the seed spread is unknown, so no gap here can be told "
+                         "apart from seed noise.")
+    else:
+        sentences.append(f"The sa–softmax gap exceeds the sum of the two seed standard deviations in "
+                         f"{whole['beyond_spread']} of {whole['cells']} whole-window cells.")
+    mean_short, mean_long = sum(gain_short) / len(gain_short), sum(gain_long) / len(gain_long)
+    better, growing = whole["wins"] > whole["cells"] / 2, mean_long > mean_short
+    resolved = whole["beyond_spread"] is not None and whole["beyond_spread"] > whole["cells"] / 2
+    sentences.append(
+        f"The paper claims SA beats softmax, most clearly past the training length. Here sa's mean gain over softmax "
+        f"(perplexity reduction, averaged over PEs) is {100 * mean_short:+.1f}% at {first} tokens and "
+        f"{100 * mean_long:+.1f}% at {last}: the result {'agrees' if better else 'disagrees'} that sa is better"
+        f"{'' if resolved else ' (most gaps are within seed noise or the spread is unknown)'}, and "
+        f"{'agrees' if growing else 'disagrees'} that the gain grows past the training length.")
     return " ".join(sentences)
+
+
+def _sa_vs_softmax(cells, mode, lengths) -> dict:
+    """Cells where sa's mean beats softmax's, and where the gap exceeds std_sa + std_softmax (None: one seed)."""
+    wins = compared = beyond = 0
+    spread_known = True
+    for pe, variants in _groups(cells, mode):
+        if "softmax" not in variants or "sa" not in variants:
+            continue
+        for L in lengths:
+            (sa, sa_std), (soft, soft_std) = (mean_std(cells[(mode, pe, v)][L]) for v in ("sa", "softmax"))
+            compared += 1
+            wins += sa < soft
+            if sa_std is None or soft_std is None:
+                spread_known = False
+            else:
+                beyond += abs(sa - soft) > sa_std + soft_std
+    return {"wins": wins, "cells": compared, "beyond_spread": beyond if spread_known else None}
