@@ -6,6 +6,7 @@ so the columns compare the same text; `sa-megatron eval --max-windows W --batch-
 """
 
 import json
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -20,12 +21,12 @@ BATCH_TOKENS = 2048  # tokens per forward pass: windows are batched so short len
 def eval_settings(spec, seq_length: int, data: str) -> dict:
     """What eval.json must record for its numbers to be reused (a changed study re-evaluates)."""
     lengths = [m * seq_length for m in spec.multiples]
-    return {"data": str(data), "lengths": lengths, "score_last": spec.score_last or seq_length,
+    return {"data": os.path.abspath(data), "lengths": lengths, "score_last": spec.score_last or seq_length,
             "eval_tokens": spec.eval_tokens, "batch_tokens": BATCH_TOKENS}
 
 
 def evaluate_run(save_dir, data: str, settings: dict, output: Path) -> dict:
-    loaded = load_for_inference(save_dir, device="cpu")
+    loaded = load_for_inference(save_dir)  # the GPU when there is one
     check_dataset_tokenizer(data, loaded.config.model.vocab_size, loaded.tokenizer_sha256)
     stream = load_token_stream(data)
     results = {"settings": settings, "checkpoint": str(newest_complete_checkpoint(save_dir)),

@@ -107,6 +107,7 @@ def run_local(study: Study, planned: list[PlannedRun], held_out: str) -> None:
             what = f"resuming at step {done}" if done else "training"
             print(f"{tag}: {what} ({run.config.training.train_iters} steps) | study {_elapsed(started)}", flush=True)
             if not _train(run):
+                write_report(study)
                 continue
         print(f"{tag}: evaluating at lengths {', '.join(map(str, settings['lengths']))}", flush=True)
         results = evaluate_run(run.save_dir, held_out, settings, eval_path)
