@@ -3,7 +3,7 @@
 from pathlib import Path
 
 COLORS = {"softmax": "tab:blue", "sa": "tab:red", "sa_raw": "tab:green"}
-STYLES = ["-", "--", ":", "-."]  # one per position encoding in the training-statistics plots
+STYLES = ["-", "--", ":", "-."]  # per seed in the loss plot, per position encoding in the per-layer ones
 
 
 def write_plots(study_dir: Path, results, cells) -> list[str]:
@@ -59,13 +59,14 @@ def _ppl_vs_length(plt, study_dir, cells, encodings) -> str:
 
 
 def _loss_curves(plt, study_dir, results, encodings) -> str:
+    seeds = sorted({r.seed for r in results})
     fig, axes = plt.subplots(1, len(encodings), figsize=(4.5 * len(encodings), 3.5), squeeze=False, sharey=True)
     for ax, pe in zip(axes[0], encodings):
         for r in results:
             if r.position_encoding == pe and r.losses:
                 steps = list(r.losses)
                 ax.plot(steps, _smooth(list(r.losses.values())), color=COLORS.get(r.attention), lw=1,
-                        label=f"{r.attention} s{r.seed}", alpha=0.8)
+                        linestyle=STYLES[seeds.index(r.seed) % len(STYLES)], label=f"{r.attention} s{r.seed}")
         ax.set(title=pe, xlabel="step")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("training loss (moving average of 10 steps)")
