@@ -95,7 +95,7 @@ def _per_layer(plt, study_dir, results, encodings, prefix, name, label) -> str:
                 ax.set_yscale("log")
             ax.grid(alpha=0.3)
         axes[row][0].set_ylabel(label)
-    axes[0][-1].legend(fontsize=6)
+    axes[0][-1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1))  # beside the panels, not on them
     return _save(plt, fig, study_dir, name)
 
 

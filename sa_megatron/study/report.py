@@ -26,7 +26,7 @@ def write_report(study: Study) -> str:
         for mode, title in MODES.items():
             lines += [f"## Perplexity, {title.replace('K', str(k))}", "", *_table(cells, mode, lengths), "",
                       *_relative_table(cells, mode, lengths), ""]
-        lines += ["## What this shows", "", _findings(cells, lengths), ""]
+        lines += ["## What this shows", "", _findings(cells, lengths, evaluated), ""]
     diverged = [r for r in results if r.diverged]
     if diverged:
         lines += ["## Diverged runs", "", *[f"- `{r.name}`: {r.diverged}" for r in diverged], ""]
@@ -102,10 +102,10 @@ def _relative_table(cells, mode, lengths) -> list[str]:
     return rows + ["", "Relative change of mean perplexity against softmax with the same PE (negative = better)."]
 
 
-def _findings(cells, lengths) -> str:
+def _findings(cells, lengths, evaluated) -> str:
     """Who wins where, whether gaps exceed the seed spread, and how that sits with the paper's claim."""
     first, last = lengths[0], lengths[-1]
-    sentences, gain_short, gain_long = [], [], []
+    sentences, gain_short, gain_long = [], {}, {}
     for pe, variants in _groups(cells, "whole"):
         means = {L: {v: mean_std(cells[("whole", pe, v)][L])[0] for v in variants} for L in lengths}
         winners = {L: min(means[L], key=means[L].get) for L in (first, last)}
@@ -117,8 +117,8 @@ def _findings(cells, lengths) -> str:
                 sentence += (f"; {v} vs softmax {100 * _relative(cells, 'whole', pe, v, first):+.1f}% at {first}, "
                              f"{100 * _relative(cells, 'whole', pe, v, last):+.1f}% at {last}")
         if "softmax" in variants and "sa" in variants:
-            gain_short.append(-_relative(cells, "whole", pe, "sa", first))
-            gain_long.append(-_relative(cells, "whole", pe, "sa", last))
+            gain_short[pe] = -_relative(cells, "whole", pe, "sa", first)
+            gain_long[pe] = -_relative(cells, "whole", pe, "sa", last)
         sentences.append(sentence + ".")
     if not gain_short:
         return " ".join(sentences)
@@ -132,15 +132,21 @@ def _findings(cells, lengths) -> str:
     else:
         sentences.append(f"The sa–softmax gap exceeds the sum of the two seed standard deviations in "
                          f"{whole['beyond_spread']} of {whole['cells']} whole-window cells.")
-    mean_short, mean_long = sum(gain_short) / len(gain_short), sum(gain_long) / len(gain_long)
-    better, growing = whole["wins"] > whole["cells"] / 2, mean_long > mean_short
+    mean_short, mean_long = sum(gain_short.values()) / len(gain_short), sum(gain_long.values()) / len(gain_long)
+    better = whole["wins"] > whole["cells"] / 2
     resolved = whole["beyond_spread"] is not None and whole["beyond_spread"] > whole["cells"] / 2
+    change = {pe: 100 * (gain_long[pe] - gain_short[pe]) for pe in gain_short}
+    grows = sorted(pe for pe, points in change.items() if points > 0)
+    by_pe = ", ".join(f"{pe} {points:+.1f} points" for pe, points in sorted(change.items()))
+    verdict = ("agrees" if len(grows) == len(change) else "disagrees" if not grows
+               else f"partly agrees (it grows with {', '.join(grows)} only)")
     sentences.append(
-        f"The paper claims SA beats softmax, most clearly past the training length. Here sa's mean gain over softmax "
+        f"The paper claims SA beats softmax, most clearly past the training length. Here sa's gain over softmax "
         f"(perplexity reduction, averaged over PEs) is {100 * mean_short:+.1f}% at {first} tokens and "
         f"{100 * mean_long:+.1f}% at {last}: the result {'agrees' if better else 'disagrees'} that sa is better"
-        f"{'' if resolved else ' (most gaps are within seed noise or the spread is unknown)'}, and "
-        f"{'agrees' if growing else 'disagrees'} that the gain grows past the training length.")
+        f"{'' if resolved else ' (but most gaps are within seed noise, or the spread is unknown)'}, and {verdict} "
+        f"that the gain grows past the training length (change of the gain from {first} to {last}: {by_pe}).")
+    sentences.append(_final_losses(evaluated))
     return " ".join(sentences)
 
 
@@ -160,3 +166,14 @@ def _sa_vs_softmax(cells, mode, lengths) -> dict:
             else:
                 beyond += abs(sa - soft) > sa_std + soft_std
     return {"wins": wins, "cells": compared, "beyond_spread": beyond if spread_known else None}
+
+
+def _final_losses(evaluated) -> str:
+    """Mean training loss over each run's last 10 steps, averaged per attention variant."""
+    finals = defaultdict(list)
+    for r in evaluated:
+        if r.losses:
+            last = list(r.losses.values())[-10:]
+            finals[r.attention].append(sum(last) / len(last))
+    parts = [f"{v} {sum(finals[v]) / len(finals[v]):.3f}" for v in VARIANTS if finals[v]]
+    return f"Final training loss (last 10 steps, mean over runs): {', '.join(parts)}." if parts else ""
