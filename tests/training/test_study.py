@@ -30,7 +30,10 @@ def fresh_rendezvous() -> None:
 
 def main(argv):
     fresh_rendezvous()
-    return cli_main(argv)
+    try:
+        return cli_main(argv)
+    finally:
+        fresh_rendezvous()  # for the session's later tests that train in this process
 
 
 @pytest.fixture(scope="module")
