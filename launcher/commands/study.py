@@ -5,6 +5,8 @@ an ordinary training run with its own checkpoint dir and TensorBoard subdir), ea
 fresh report.md; running it again skips finished runs and resumes unfinished ones.
 """
 
+from launcher.commands.slurm import non_negative_int
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("study", help="train a grid of runs, evaluate length extrapolation, report")
@@ -16,7 +18,7 @@ def register(subparsers) -> None:
     slurm = parser.add_argument_group("Slurm (--slurm submits the unfinished runs as one job array)")
     slurm.add_argument("--slurm", action="store_true", help="submit instead of running locally")
     slurm.add_argument("--time", help="time limit of one array task, e.g. 12:00:00 (tasks requeue themselves)")
-    slurm.add_argument("--gpus-per-node", type=int, default=1, help="GPUs (= ranks) per run; 0 = one CPU rank")
+    slurm.add_argument("--gpus-per-node", type=non_negative_int, default=1, help="GPUs (= ranks) per run; 0 = one CPU rank")
     slurm.add_argument("--partition", help="Slurm partition")
     slurm.add_argument("--account", help="Slurm account")
     slurm.add_argument("--sbatch-arg", dest="sbatch_args", action="append", default=[], metavar="ARG",
