@@ -29,10 +29,18 @@ def test_files_merge_left_to_right_then_overrides(tmp_path):
     assert config.optimizer.lr == pytest.approx(1e-4)  # YAML reads 1e-4 as a string; floats accept it
 
 
-@pytest.mark.parametrize("path", sorted(set(CONFIGS.rglob("*.yaml")) - set(CONFIGS.glob("layouts/*.yaml"))),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(set(CONFIGS.rglob("*.yaml")) - set(CONFIGS.glob("layouts/*.yaml"))
+                                       - set(CONFIGS.glob("studies/*.yaml"))), ids=lambda p: p.name)
 def test_shipped_configs_are_valid(path):
     validate(load_config([path]), world_size=1)
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("studies/*.yaml")), ids=lambda p: p.name)
+def test_shipped_studies_are_valid(path, tmp_path):
+    from sa_megatron.study.spec import load_study
+
+    # Every run's config is built and validated when the study loads.
+    assert load_study(path, study_dir=str(tmp_path)).runs
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("layouts/2.7B-*x*.yaml")), ids=lambda p: p.name)
