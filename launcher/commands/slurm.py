@@ -105,6 +105,18 @@ def run_submit(args) -> int:
     if args.dry_run:
         print(f"dry run, not submitted: {shlex.join(command)}")
         return 0
+    job_id = submit(command, "the job")
+    print(f"submitted job {job_id}")
+    print(f"log: {log_pattern.replace('%j', job_id)}  (appends across requeues)")
+    print(f"watch: squeue -j {job_id}; tail -f {shlex.quote(log_pattern.replace('%j', job_id))}")
+    print(f"tensorboard: {tensorboard}")
+    return 0
+
+
+def submit(command: list[str], what: str) -> str:
+    """Run `sbatch --parsable ...` (an argv list: no shell); returns the job id."""
+    from sa_megatron.errors import UserInputError
+
     # The submitter's environment travels with the job (sbatch's default --export=ALL); the script runs this
     # command's Python, so the job sees the same installation.
     env = {**os.environ, "SA_MEGATRON_PYTHON": sys.executable}
@@ -113,13 +125,8 @@ def run_submit(args) -> int:
     except FileNotFoundError:
         raise UserInputError("sbatch not found on PATH: run this on a Slurm login node (or use --dry-run)") from None
     if result.returncode != 0:
-        raise UserInputError(f"sbatch refused the job: {result.stderr.strip() or result.stdout.strip()}")
-    job_id = result.stdout.strip().split(";")[0]
-    print(f"submitted job {job_id}")
-    print(f"log: {log_pattern.replace('%j', job_id)}  (appends across requeues)")
-    print(f"watch: squeue -j {job_id}; tail -f {shlex.quote(log_pattern.replace('%j', job_id))}")
-    print(f"tensorboard: {tensorboard}")
-    return 0
+        raise UserInputError(f"sbatch refused {what}: {result.stderr.strip() or result.stdout.strip()}")
+    return result.stdout.strip().split(";")[0]
 
 
 def _check_layout(config, nodes: int, tasks_per_node: int, validate) -> None:
@@ -150,7 +157,7 @@ def render_script(args, tasks_per_node: int, log_pattern: str) -> str:
     first = next(i for i, line in enumerate(lines) if line.startswith("#SBATCH"))
     body = [line for line in lines[first:] if not line.startswith("#SBATCH")]
     rendered = [*lines[:first], *directives,
-                f"# written by `sa-megatron slurm submit`; the job reads its config from the file given as argument",
+                "# written by `sa-megatron slurm submit`; the job reads its config from the file given as argument",
                 f"export SA_MEGATRON_MAX_RESTARTS={args.max_restarts}", *body]
     return "\n".join(rendered) + "\n"
 

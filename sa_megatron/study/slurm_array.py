@@ -9,8 +9,6 @@ Once the array has finished, running the study again locally evaluates the runs 
 import argparse
 import os
 import shlex
-import subprocess
-import sys
 
 import yaml
 
@@ -21,7 +19,7 @@ PICK_CONFIG = 'set -- "$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" "$1")"  # this t
 
 
 def submit_array(study, planned, args) -> int:
-    from launcher.commands.slurm import DEFAULT_MAX_RESTARTS, DEFAULT_SIGNAL_LEAD_S, render_script
+    from launcher.commands.slurm import DEFAULT_MAX_RESTARTS, DEFAULT_SIGNAL_LEAD_S, render_script, submit
 
     todo = [run for run in planned if not run.is_trained() and not run.diverged()]
     if not todo:
@@ -64,14 +62,7 @@ def submit_array(study, planned, args) -> int:
     if args.dry_run:
         print(f"dry run, not submitted: {shlex.join(command)}")
         return 0
-    env = {**os.environ, "SA_MEGATRON_PYTHON": sys.executable}
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
-    except FileNotFoundError:
-        raise UserInputError("sbatch not found on PATH: run this on a Slurm login node (or use --dry-run)") from None
-    if result.returncode != 0:
-        raise UserInputError(f"sbatch refused the job array: {result.stderr.strip() or result.stdout.strip()}")
-    job = result.stdout.strip().split(";")[0]
+    job = submit(command, "the job array")
     print(f"submitted job array {job}; logs: {slurm_dir}/task-{job}_<task>.out; when it is done, run "
           f"`sa-megatron study {study.path}` to evaluate and write the report")
     return 0
