@@ -6,7 +6,6 @@ as in every backend (`kernels/eager.py`), which is SDPA's `is_causal` only when 
 """
 import math
 
-import torch
 import torch.nn.functional as F
 
 from kernels.bias import position_bias

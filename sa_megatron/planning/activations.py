@@ -67,7 +67,7 @@ def attention_core_on_gpu(config: ModelConfig) -> AttentionCore:
 
 def block_bytes(config: ModelConfig, shape: ActivationShape) -> int:
     """Bytes one TransformerBlock saves for backward on one rank, for one micro-batch."""
-    h, f, a, s = config.hidden_size, ffn_hidden_size(config), config.num_attention_heads, config.seq_length
+    h, f, a = config.hidden_size, ffn_hidden_size(config), config.num_attention_heads
     e, t, tokens = shape.element_bytes, shape.tensor_parallel, shape.micro_batch * config.seq_length
     replicated = 4 * h * e + 2 * _norm_extra_bytes(config, shape) + 2 * _dropout_mask_bytes(config, shape)
     if shape.attention_core == "eager":

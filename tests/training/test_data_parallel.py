@@ -14,7 +14,7 @@ import torch
 
 from sa_megatron.config import from_dict
 from sa_megatron.errors import CheckpointError
-from sa_megatron.training.checkpoint import check_compatible, load_for_inference
+from sa_megatron.training.checkpoint import load_for_inference
 from sa_megatron.training.loop import train
 from tests.training.launch import run_ranks
 from tests.training.tiny_run import tiny_config_dict
