@@ -26,9 +26,22 @@ class _State(NamedTuple):
 _state = _State()
 
 
+def _grid_topology(tensor_parallel: int, pipeline_parallel: int, data_parallel: int):
+    from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
+
+    return PipeModelDataParallelTopology(num_pp=pipeline_parallel, num_mp=tensor_parallel, num_dp=data_parallel)
+
+
+def rank_in_layout(tensor_parallel: int, pipeline_parallel: int, data_parallel: int, *, stage: int, data_rank: int,
+                   tensor_rank: int) -> int:
+    """The global rank of (stage, data_rank, tensor_rank) in another layout's grid (e.g. a checkpoint's)."""
+    return _grid_topology(tensor_parallel, pipeline_parallel, data_parallel).get_rank(
+        pipe=stage, data=data_rank, model=tensor_rank)
+
+
 def init_topology(tensor_parallel: int, pipeline_parallel: int, sequence_parallel: bool = False) -> None:
     """Build the process groups of the grid over the initialized default group."""
-    from deepspeed.runtime.pipe.topology import PipelineParallelGrid, PipeModelDataParallelTopology
+    from deepspeed.runtime.pipe.topology import PipelineParallelGrid
 
     global _state
     world = dist.get_world_size()
@@ -37,9 +50,8 @@ def init_topology(tensor_parallel: int, pipeline_parallel: int, sequence_paralle
                           f"{tensor_parallel} × {pipeline_parallel}: launch a multiple of "
                           f"{tensor_parallel * pipeline_parallel} ranks")
     data_parallel = world // (tensor_parallel * pipeline_parallel)
-    topology = PipeModelDataParallelTopology(num_pp=pipeline_parallel, num_mp=tensor_parallel, num_dp=data_parallel)
     with contextlib.redirect_stdout(io.StringIO()):  # DeepSpeed prints the whole rank table on rank 0
-        grid = PipelineParallelGrid(topology=topology)
+        grid = PipelineParallelGrid(topology=_grid_topology(tensor_parallel, pipeline_parallel, data_parallel))
     tensor_group = grid.get_slice_parallel_group() if tensor_parallel > 1 else None
     _state = _State(tensor_group, sequence_parallel and tensor_parallel > 1, grid)
 

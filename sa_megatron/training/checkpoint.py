@@ -173,11 +173,11 @@ def _follows_layout(section: str, key: str, layout: dict) -> bool:
 def _saved_rank(saved_layout: dict) -> int:
     """The rank of the checkpoint's layout whose RNG state this rank continues: the same pipeline stage, tensor rank
     and data-parallel rank where they existed (else the last stage / tensor rank that did, and data-parallel rank 0,
-    whose streams all data ranks share). Ranks are laid out tensor fastest, then data, then pipeline."""
+    whose streams all data ranks share)."""
     tp, dp, pp = (saved_layout[key] for key in ("tensor_parallel", "data_parallel", "pipeline_parallel"))
     data_rank = topology.data_parallel_rank() if topology.data_parallel_rank() < dp else 0
-    stage, tensor_rank = min(topology.pipeline_stage(), pp - 1), min(topology.tensor_parallel_rank(), tp - 1)
-    return (stage * dp + data_rank) * tp + tensor_rank
+    return topology.rank_in_layout(tp, pp, dp, stage=min(topology.pipeline_stage(), pp - 1), data_rank=data_rank,
+                                   tensor_rank=min(topology.tensor_parallel_rank(), tp - 1))
 
 
 def _load_engine_and_rng(engine, checkpoint: Path, saved_layout: dict, universal: bool) -> Optional[str]:

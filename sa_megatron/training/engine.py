@@ -26,20 +26,15 @@ def gradient_accumulation_steps(config: Config, data_parallel: int) -> int:
     return t.global_batch_size // (t.micro_batch_size * data_parallel)
 
 
-def _clips_itself(config: Config) -> bool:
-    """fp32 at ZeRO-0: `StepGate` clips by the true global norm, which it computes anyway to veto non-finite steps
-    (DeepSpeed's stage-0 clipping counts only stage 0's replicated parameters in a pipeline, and fails on a step
-    whose gradients the gate removed)."""
-    return needs_gate(config)
-
-
 def deepspeed_config(config: Config, data_parallel: int, load_universal: bool = False) -> dict:
     t = config.training
     ds = {
         "train_batch_size": t.global_batch_size,
         "train_micro_batch_size_per_gpu": t.micro_batch_size,
         "gradient_accumulation_steps": gradient_accumulation_steps(config, data_parallel),
-        "gradient_clipping": 0.0 if _clips_itself(config) else config.optimizer.clip_grad,
+        # Where the StepGate runs (fp32 at ZeRO-0) it clips by the true global norm it computes anyway: DeepSpeed's
+        # stage-0 clipping counts only stage 0's replicated parameters in a pipeline, and fails on a vetoed step.
+        "gradient_clipping": 0.0 if needs_gate(config) else config.optimizer.clip_grad,
         "zero_optimization": {"stage": config.parallel.zero_stage},
         "steps_per_print": _NEVER,
         "wall_clock_breakdown": False,
