@@ -39,13 +39,13 @@ def test_dockerfile_defaults_to_cuda_takes_base_and_torch_as_build_args_and_runs
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose is not installed (apt-get install docker-compose)")
 def test_compose_files_are_valid_and_wire_tensorboard():
-    cpu = run("docker-compose", "-f", "docker-compose.yml", "config", cwd=REPO / "docker")
+    cpu = run("docker-compose", "-f", "compose.yaml", "config")
     assert cpu.returncode == 0, cpu.stderr
     assert "tensorboard" in cpu.stdout and "6006" in cpu.stdout and "nvidia" not in cpu.stdout
     services = yaml.safe_load(cpu.stdout)["services"]
     # Every service builds the image itself: one without `build` would be pulled from a registry, where it is not.
     assert all(service["build"]["dockerfile"] == "docker/Dockerfile" for service in services.values()), services
-    gpu = run("docker-compose", "-f", "docker-compose.yml", "-f", "docker-compose.gpu.yml", "config", cwd=REPO / "docker")
+    gpu = run("docker-compose", "-f", "compose.yaml", "-f", "compose.gpu.yaml", "config")
     assert gpu.returncode == 0, gpu.stderr
     assert "driver: nvidia" in gpu.stdout
     # TensorBoard on the loopback interface unless the user says otherwise; every service runs as a non-root uid.
@@ -53,7 +53,7 @@ def test_compose_files_are_valid_and_wire_tensorboard():
     assert all(service["user"] == "1000:1000" for service in services.values()), services
     assert services["trainer"]["shm_size"] == "8gb"
     env = dict(os.environ, TENSORBOARD_BIND="0.0.0.0", HOST_UID="1234", HOST_GID="56")
-    opened = subprocess.run(["docker-compose", "-f", "docker-compose.yml", "config"], cwd=REPO / "docker",
+    opened = subprocess.run(["docker-compose", "-f", "compose.yaml", "config"], cwd=REPO,
                             capture_output=True, text=True, env=env)
     services = yaml.safe_load(opened.stdout)["services"]
     assert services["tensorboard"]["ports"] == ["0.0.0.0:6006:6006/tcp"] and services["trainer"]["user"] == "1234:56"

@@ -1,8 +1,9 @@
-"""docker/ for real: build the image on a local base with a CPU torch, `docker-compose up` the demo for a few steps,
+"""Docker for real: build the image on a local base with a CPU torch, `docker-compose up` the demo for a few steps,
 read its train/loss scalars back through the TensorBoard service on 127.0.0.1, check who owns what it wrote, and
 take down what was started. Needs a Docker engine; skipped without one, except under CI=true, where it must run.
-
 Deselected by default (marker `docker`; a build takes minutes): `.venv/bin/python -m pytest -q -m docker tests/test_docker.py`.
+
+The compose file's path resolution needs only the docker-compose binary (no engine, no build) and runs in `make test`.
 Env: SA_MEGATRON_BASE_IMAGE (default: made by docker/ci/make-base-image.sh when missing; that needs root and
 debootstrap), DATA_DIR (default ../shared/data), SA_MEGATRON_TEST_UID/GID (the uid:gid the containers run as when the
 test runs as root; default 1000:1000).
@@ -20,14 +21,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-COMPOSE_FILE = REPO / "docker" / "docker-compose.yml"
+COMPOSE_FILE = REPO / "compose.yaml"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 IMAGE = "sa-megatron:docker-test"
 TRAIN_ITERS = 4
-
-pytestmark = pytest.mark.docker
 
 
 def unavailable(reason: str):
@@ -68,6 +68,26 @@ def get_json(url: str):
         return json.load(response)
 
 
+def bind_sources(services) -> dict:
+    """{container path: host path} of every service's bind mounts, as `docker-compose config` resolved them."""
+    return {volume.split(":")[1]: volume.split(":")[0] for service in services.values()
+            for volume in service.get("volumes", [])}
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose is not installed (apt-get install docker-compose)")
+def test_compose_up_from_the_checkout_resolves_relative_data_and_runs_dirs_from_the_checkout():
+    """What the README says to type, from the checkout root: the compose file is found without -f, and a relative
+    DATA_DIR or RUNS_DIR means a folder relative to the checkout (compose resolves them from the file's folder)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATA_DIR", "RUNS_DIR", "COMPOSE_FILE", "COMPOSE_PROJECT_DIR")}
+    default = sh("docker-compose", "config", env=env)
+    assert bind_sources(yaml.safe_load(default.stdout)["services"]) == {
+        "/workspace/shared/data": str(REPO.parent / "shared" / "data"), "/workspace/sa-megatron/runs": str(REPO / "runs")}
+    relative = sh("docker-compose", "config", env=dict(env, DATA_DIR="./some/relative/path", RUNS_DIR="../elsewhere/runs"))
+    assert bind_sources(yaml.safe_load(relative.stdout)["services"]) == {
+        "/workspace/shared/data": str(REPO / "some" / "relative" / "path"),
+        "/workspace/sa-megatron/runs": str(REPO.parent / "elsewhere" / "runs")}
+
+
 @pytest.fixture(scope="module")
 def engine_env():
     """The environment for docker/docker-compose: Debian's CLI first (a newer CLI without buildx refuses legacy
@@ -101,6 +121,7 @@ def base_image(engine_env):
     return image
 
 
+@pytest.mark.docker
 def test_compose_trains_the_demo_as_the_host_user_and_tensorboard_serves_its_loss(engine_env, base_image, tmp_path):
     data = Path(os.environ.get("DATA_DIR") or REPO.parent / "shared" / "data").resolve()
     if not (data / "tinyshakespeare" / "input.txt").is_file():
