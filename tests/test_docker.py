@@ -2,11 +2,11 @@
 read its train/loss scalars back through the TensorBoard service on 127.0.0.1, check who owns what it wrote, and
 take down what was started. Needs a Docker engine; skipped without one, except under CI=true, where it must run.
 Deselected by default (marker `docker`; a build takes minutes): `.venv/bin/python -m pytest -q -m docker tests/test_docker.py`.
-
-The compose file's path resolution needs only the docker-compose binary (no engine, no build) and runs in `make test`.
 Env: SA_MEGATRON_BASE_IMAGE (default: made by docker/ci/make-base-image.sh when missing; that needs root and
 debootstrap), DATA_DIR (default ../shared/data), SA_MEGATRON_TEST_UID/GID (the uid:gid the containers run as when the
 test runs as root; default 1000:1000).
+
+The compose file's path resolution needs only the docker-compose binary (no engine, no build) and runs in `make test`.
 """
 
 import json
@@ -78,7 +78,7 @@ def bind_sources(services) -> dict:
 def test_compose_up_from_the_checkout_resolves_relative_data_and_runs_dirs_from_the_checkout():
     """What the README says to type, from the checkout root: the compose file is found without -f, and a relative
     DATA_DIR or RUNS_DIR means a folder relative to the checkout (compose resolves them from the file's folder)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("DATA_DIR", "RUNS_DIR", "COMPOSE_FILE", "COMPOSE_PROJECT_DIR")}
+    env = {k: v for k, v in os.environ.items() if k not in ("DATA_DIR", "RUNS_DIR", "COMPOSE_FILE")}
     default = sh("docker-compose", "config", env=env)
     assert bind_sources(yaml.safe_load(default.stdout)["services"]) == {
         "/workspace/shared/data": str(REPO.parent / "shared" / "data"), "/workspace/sa-megatron/runs": str(REPO / "runs")}
