@@ -2,6 +2,7 @@
 
 import contextlib
 import json
+import os
 
 from launcher.commands.arguments import positive_int, positive_ints
 
@@ -38,7 +39,7 @@ def run_eval(args) -> None:
         stream = load_token_stream(args.data, max_tokens=needed)
         results = perplexity_at_lengths(loaded.model, loaded.config.model, stream, args.lengths,
                                         score_last=args.score_last, batch_size=args.batch_size,
-                                        max_windows=args.max_windows)
+                                        max_windows=args.max_windows, show_progress=progress_on_this_rank())
 
         print(f"{'length':>8} {'windows':>8} {'tokens':>10} {'nll':>8} {'ppl':>10}")
         for r in results:
@@ -55,3 +56,8 @@ def run_eval(args) -> None:
                 writer.add_scalar(f"eval_length/ppl_at_{r.length}", r.ppl, global_step=0)
                 # The same numbers as one curve over length (x axis = tokens of context).
                 writer.add_scalar("eval_length/ppl", r.ppl, global_step=r.length)
+
+
+def progress_on_this_rank():
+    """Progress bars on stderr when it is a terminal (None: tqdm's rule), and from rank 0 only under torchrun."""
+    return None if os.environ.get("RANK", "0") == "0" else False

@@ -13,6 +13,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from sa_megatron.config.schema import ModelConfig
 from sa_megatron.data.indexed_dataset import IndexedDataset
@@ -74,7 +75,9 @@ def check_window_options(length: int, score_last: Optional[int], batch_size: int
 
 @torch.no_grad()
 def perplexity_at_length(model, stream: torch.Tensor, length: int, *, score_last: Optional[int] = None,
-                         batch_size: int = 1, max_windows: Optional[int] = None) -> LengthPerplexity:
+                         batch_size: int = 1, max_windows: Optional[int] = None,
+                         show_progress: Optional[bool] = False) -> LengthPerplexity:
+    """`show_progress`: a bar over the windows on stderr; None shows it only when stderr is a terminal."""
     score_last = check_window_options(length, score_last, batch_size, max_windows)
     windows = window_count(stream.numel(), length, max_windows)
     if windows == 0:
@@ -84,12 +87,15 @@ def perplexity_at_length(model, stream: torch.Tensor, length: int, *, score_last
     model.eval()
     device = next(model.parameters()).device
     total_nll = 0.0
-    for first in range(0, windows, batch_size):
-        starts = range(first * length, min(first + batch_size, windows) * length, length)
-        batch = torch.stack([stream[s:s + length + 1] for s in starts]).to(device)
-        logits = model(batch[:, :-1])
-        nll = language_model_loss(logits[:, -score_last:], batch[:, -score_last:], reduction="none")
-        total_nll += nll.double().sum().item()
+    with tqdm(total=windows, unit="window", desc=f"eval length {length}",
+              disable=None if show_progress is None else not show_progress) as progress:
+        for first in range(0, windows, batch_size):
+            starts = range(first * length, min(first + batch_size, windows) * length, length)
+            batch = torch.stack([stream[s:s + length + 1] for s in starts]).to(device)
+            logits = model(batch[:, :-1])
+            nll = language_model_loss(logits[:, -score_last:], batch[:, -score_last:], reduction="none")
+            total_nll += nll.double().sum().item()
+            progress.update(len(starts))
     scored = windows * score_last
     mean_nll = total_nll / scored
     return LengthPerplexity(length, windows, scored, mean_nll, float(np.exp(mean_nll)))
@@ -97,7 +103,8 @@ def perplexity_at_length(model, stream: torch.Tensor, length: int, *, score_last
 
 def perplexity_at_lengths(model, model_config: ModelConfig, stream_or_docs, lengths: Sequence[int], *,
                           score_last: Optional[int] = None, batch_size: int = 1,
-                          max_windows: Optional[int] = None) -> list[LengthPerplexity]:
+                          max_windows: Optional[int] = None,
+                          show_progress: Optional[bool] = False) -> list[LengthPerplexity]:
     """One result per length; every length and option is checked before any work."""
     for length in lengths:
         check_length(model_config, length)
@@ -105,6 +112,6 @@ def perplexity_at_lengths(model, model_config: ModelConfig, stream_or_docs, leng
     stream = token_stream(stream_or_docs)
     return [
         perplexity_at_length(model, stream, length, score_last=score_last, batch_size=batch_size,
-                             max_windows=max_windows)
+                             max_windows=max_windows, show_progress=show_progress)
         for length in lengths
     ]

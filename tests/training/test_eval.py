@@ -1,5 +1,6 @@
 """Length-extrapolation perplexity and text generation on a tiny, freshly built model."""
 
+import io
 import json
 import math
 import os
@@ -323,3 +324,31 @@ def test_cli_generate_is_capped_at_the_usable_context(trained_run, capsys):
     (note,) = captured.err.splitlines()
     assert note.startswith("note: the prompt of ") and note.endswith(
         " tokens keeps its last 44: the model's usable context is 64 tokens (see --max-context)")
+
+
+class TerminalStream(io.StringIO):
+    """Stands in for stderr on a terminal, where progress bars are drawn."""
+
+    def isatty(self):
+        return True
+
+
+def test_eval_progress_bars_count_windows_on_stderr_only(rope_model, capsys):
+    model, config = rope_model
+    perplexity_at_lengths(model, config, random_stream(120), [16, 32], max_windows=5, show_progress=True)
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "eval length 16: 100%" in captured.err and "5/5" in captured.err
+    assert "eval length 32: 100%" in captured.err and "3/3" in captured.err
+
+
+@pytest.mark.parametrize("rank,bar_shown", [("0", True), ("1", False)])
+def test_cli_eval_draws_bars_on_a_terminal_from_rank_0_only(trained_run, capsys, monkeypatch, rank, bar_shown):
+    save_dir, prefix = trained_run
+    terminal = TerminalStream()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    monkeypatch.setenv("RANK", rank)
+    assert main(["eval", "--load", save_dir, "--data", prefix, "--lengths", "16", "--max-windows", "3"]) == 0
+    assert ("eval length 16: 100%" in terminal.getvalue()) == bar_shown
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["length", "windows", "tokens", "nll", "ppl"] and len(table) == 2
