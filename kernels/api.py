@@ -4,14 +4,16 @@ import math
 import torch
 
 from kernels.chunked import chunked_attention
+from kernels.dense import dense_attention
 from kernels.eager import VARIANTS, eager_attention
 from kernels.sdpa import sdpa_attention
 
-BACKENDS = ("auto", "sdpa", "triton", "chunked", "eager")
+BACKENDS = ("auto", "sdpa", "triton", "dense", "chunked", "eager")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-# Below this many scores the eager path's few large ops beat the chunked path's Python loop.
-EAGER_MAX_SCORES = 256 * 256
+# Up to this many scores the dense path's saved w and s (2 x 4 bytes per visible score) are affordable; it beats the
+# chunked path's online rescaling at every length measured (256-4096), so memory sets the limit.
+DENSE_MAX_SCORES = 512 * 512
 
 
 def sa_attention(q, k, v, *, variant="sa", causal=True, scale=None, alibi_slopes=None, kerple=None, eps=1e-6,
@@ -23,9 +25,9 @@ def sa_attention(q, k, v, *, variant="sa", causal=True, scale=None, alibi_slopes
     K/V may have fewer heads than q when that number divides the query heads (grouped-query attention).
     When ``n_q != n_k`` queries align to the end of the keys; causal then needs ``n_q <= n_k``.
     backend: "sdpa" (torch's scaled_dot_product_attention: softmax without Kerple only), "triton" (CUDA, or CPU
-    with TRITON_INTERPRET=1), "chunked" (O(N * chunk) memory), "eager" (materializes N x N; the reference), "auto"
-    (sdpa for softmax without Kerple on every device; else triton for CUDA fp16/bf16/fp32, else eager when
-    ``n_q * n_k <= 256 * 256``, else chunked).
+    with TRITON_INTERPRET=1), "dense" (whole score rows a block at a time, custom backward), "chunked" (O(N * chunk)
+    memory), "eager" (materializes N x N through autograd; the reference), "auto" (sdpa for softmax without Kerple
+    on every device; else triton for CUDA fp16/bf16/fp32, else dense when ``n_q * n_k <= 512 * 512``, else chunked).
     """
     check_inputs(q, k, v, variant, scale, alibi_slopes, kerple, eps, backend)
     options = dict(variant=variant, causal=causal, scale=scale, alibi_slopes=alibi_slopes, kerple=kerple, eps=eps)
@@ -37,7 +39,7 @@ def sa_attention(q, k, v, *, variant="sa", causal=True, scale=None, alibi_slopes
         k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
     if backend == "sdpa":
         return sdpa_attention(q, k, v, causal=causal, scale=scale, alibi_slopes=alibi_slopes)
-    attention = eager_attention if backend == "eager" else chunked_attention
+    attention = {"dense": dense_attention, "chunked": chunked_attention, "eager": eager_attention}[backend]
     return attention(q, k, v, **options)
 
 
@@ -48,7 +50,7 @@ def _resolve_backend(backend, variant, kerple, q, k):
         return "sdpa"
     if q.device.type == "cuda" and q.dtype in TRITON_DTYPES:
         return "triton"
-    return "eager" if q.shape[2] * k.shape[2] <= EAGER_MAX_SCORES else "chunked"
+    return "dense" if q.shape[2] * k.shape[2] <= DENSE_MAX_SCORES else "chunked"
 
 
 def _triton():

@@ -7,54 +7,10 @@ each tile from the saved log-sum-exp and applies the DESIGN §6 formulas, includ
 Same semantics as ``kernels.eager`` (queries aligned to the end of the keys; causal needs ``n_q <= n_k``).
 """
 import math
-from dataclasses import dataclass
 
 import torch
 
-from kernels.bias import kerple_param_grads, position_bias, relative_distance
-from kernels.eager import VARIANTS, causal_visible, check_causal_lengths, statistics_dtype
-
-
-@dataclass
-class _Problem:
-    """Everything about one call except the tensors that autograd tracks per tile."""
-    variant: str
-    causal: bool
-    scale: float
-    eps: float
-    chunk: int
-    n_q: int
-    n_k: int
-    heads: int
-    stats: torch.dtype
-    alibi_slopes: torch.Tensor | None
-    kerple: tuple | None
-
-    @property
-    def shift(self):
-        """Absolute position of query row 0 (queries align to the end of the keys)."""
-        return self.n_k - self.n_q
-
-    def query_starts(self):
-        return range(0, self.n_q, self.chunk)
-
-    def key_starts(self, q_start):
-        """Key tiles that some query of the tile at ``q_start`` can see (fully hidden causal tiles are skipped)."""
-        last_visible = min(q_start + self.chunk, self.n_q) - 1 + self.shift if self.causal else self.n_k - 1
-        return range(0, last_visible + 1, self.chunk)
-
-    def scores(self, q_tile, k_tile, q_start, k_start):
-        """Scaled, biased scores of one tile in the statistics dtype, and its hidden mask (None if all visible)."""
-        n_q, n_k = q_tile.shape[-2], k_tile.shape[-2]
-        x = torch.matmul(q_tile, k_tile.transpose(-2, -1)).to(self.stats) * self.scale
-        bias = position_bias(n_q, n_k, self.heads, self.alibi_slopes, self.kerple, dtype=self.stats,
-                             device=x.device, q_offset=q_start + self.shift, k_offset=k_start)
-        if bias is not None:
-            x = x + bias
-        hidden = None
-        if self.causal and k_start + n_k - 1 > q_start + self.shift:
-            hidden = ~causal_visible(n_q, n_k, device=x.device, q_offset=q_start + self.shift, k_offset=k_start)
-        return x, hidden
+from kernels.problem import make_problem
 
 
 def _row_extremes_update(best, best_index, tile_values, tile_index, k_start, better):
@@ -168,9 +124,7 @@ def _backward(problem, q, k, v, dout, out, out_std, lse, x_min, x_max, arg_min, 
             dq[:, :, rows] += torch.matmul(ds_scaled, k_tile)
             dk[:, :, cols] += torch.matmul(ds_scaled.transpose(-2, -1), q_tile)
             if grad_p is not None:
-                distance = relative_distance(x.shape[-2], x.shape[-1], dtype=stats, device=q.device,
-                                             q_offset=q_start + problem.shift, k_offset=k_start)
-                tile_p, tile_a = kerple_param_grads(ds.sum(dim=0), *problem.kerple, distance)
+                tile_p, tile_a = problem.kerple_grads(ds, q_start, k_start)
                 grad_p += tile_p
                 grad_a += tile_a
     return dq, dk, dv, grad_p, grad_a
@@ -198,17 +152,9 @@ class _ChunkedAttention(torch.autograd.Function):
 def chunked_attention(q, k, v, *, variant="sa", causal=True, scale=None, alibi_slopes=None, kerple=None, eps=1e-6,
                       chunk_size=256):
     """SA / softmax attention in O(N * chunk_size) memory, with a custom backward. Same semantics as eager."""
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    n_q, n_k = q.shape[-2], k.shape[-2]
-    if causal:
-        check_causal_lengths(n_q, n_k)
-    stats = statistics_dtype(q.dtype)
-    kerple_params = None if kerple is None else tuple(t.detach().to(stats) for t in kerple)
-    problem = _Problem(variant=variant, causal=causal, scale=1.0 / math.sqrt(q.shape[-1]) if scale is None else scale,
-                       eps=eps, chunk=chunk_size, n_q=n_q, n_k=n_k, heads=q.shape[1], stats=stats,
-                       alibi_slopes=alibi_slopes, kerple=kerple_params)
+    problem = make_problem(q, k, variant=variant, causal=causal, scale=scale, alibi_slopes=alibi_slopes,
+                           kerple=kerple, eps=eps, chunk=chunk_size)
     kerple_p, kerple_a = (None, None) if kerple is None else kerple
     return _ChunkedAttention.apply(q, k, v, kerple_p, kerple_a, problem)

@@ -113,12 +113,15 @@ def saved_activation_bytes(config: ModelConfig, vocab: int, micro_batch: int, dt
     (dict(mlp="swiglu", norm="rmsnorm", position_encoding="kerple", attention="sa_raw"), torch.float32),
     (dict(num_layers=3, hidden_size=64, seq_length=256, attention_backend="chunked", hidden_dropout=0.1), torch.float32),
     (dict(), torch.bfloat16),
+    (dict(attention_backend="dense", seq_length=256), torch.float32),  # two blocks of query rows
+    (dict(attention_backend="dense", attention="softmax", position_encoding="kerple"), torch.float32),
+    (dict(attention_backend="dense", attention="sa_raw"), torch.bfloat16),
 ])
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_activations_match_what_a_forward_saves(options, dtype, checkpointing):
     config = ModelConfig(**{**SMALL, **options})
     micro_batch, vocab = 4, 512
-    core = "eager" if config.attention_backend == "eager" else "chunked"
+    core = config.attention_backend if config.attention_backend in ("eager", "dense") else "chunked"
     shape = ActivationShape(micro_batch, 1, False, 4 if dtype == torch.float32 else 2, core, on_gpu=False)
     predicted = stage_activation_bytes(config, shape, vocab, 0, 1, 1, checkpointing)
     if checkpointing:

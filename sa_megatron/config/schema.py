@@ -70,7 +70,7 @@ class ModelConfig:
     rope_base: float = doc(10000.0, "RoPE frequency base.", valid=Range(1, 1e12, low_open=True))
     attention: Literal["softmax", "sa", "sa_raw"] = doc("sa", "Attention weighting: softmax, SA-Softmax (normalized), or raw x*softmax(x).")
     attention_eps: float = doc(1e-6, "Epsilon in the SA-Softmax normalizer (max - min + eps).", valid=Range(0, 1, low_open=True))
-    attention_backend: Literal["auto", "triton", "chunked", "eager"] = doc("auto", "Attention core: auto = torch SDPA for softmax without Kerple, else triton on GPU, chunked/eager on CPU.")
+    attention_backend: Literal["auto", "triton", "dense", "chunked", "eager"] = doc("auto", "Attention core: auto = torch SDPA for softmax without Kerple, else triton on GPU, on CPU dense up to 512×512 scores, else chunked; eager is the autograd reference.")
     init_method: Literal["small_init", "normal"] = doc(
         "small_init", "Init of input-side weights (embeddings, QKV, MLP in): GPT-NeoX small_init N(0, sqrt(2/(5h))) or N(0, init_std).")
     output_init_method: Literal["wang_init", "scaled_normal", "normal"] = doc(

@@ -18,6 +18,9 @@ MLP width f, a heads, tensor-parallel size t and activation element size e bytes
           fused (Triton, GPU): fp32 output (+ fp32 standard-softmax output for `sa`) and per-row statistics.
               The fused kernel never materializes the s×s score matrix, so Korthikanti's 5·a·s/h term is dropped.
           chunked (PyTorch, O(s·chunk)): the same, with int64 arg-min/max.
+          dense (PyTorch, CPU): fp32 per-row statistics with int64 arg-min/max for `sa`, and per head
+              the fp32 softmax s and (`sa`, `sa_raw`) weights w over the visible scores (causal: the blocks of
+              `DENSE_BLOCK_ROWS` query rows against the keys they see).
           eager (materializes s×s, CPU reference and DAPE-V2): `FP32_SCORE_MATRICES[variant]` fp32 s×s matrices per head
               (plus their e-byte cast when e < 4) — the 5·a·s/h term of the paper, in this code's count.
 
@@ -27,11 +30,12 @@ All counts are elements that actually stay alive until backward (tests/test_plan
 from dataclasses import dataclass
 from typing import Literal
 
+from kernels.dense import DENSE_BLOCK_ROWS
 from sa_megatron.config.schema import ModelConfig
 from sa_megatron.model.mlp import ffn_hidden_size
 from sa_megatron.model.position import DapeScoreMLP
 
-AttentionCore = Literal["fused", "chunked", "eager"]
+AttentionCore = Literal["fused", "chunked", "dense", "eager"]
 
 FP32, INT64, INT32, BOOL = 4, 8, 4, 1
 # Per-row statistics kept for backward, bytes per head per token: fused saves lse (+ a, δ in fp32 and int32
@@ -39,6 +43,7 @@ FP32, INT64, INT32, BOOL = 4, 8, 4, 1
 ROW_STATISTICS = {
     "fused": {"sa": 3 * FP32 + 2 * INT32, "sa_raw": FP32, "softmax": FP32},
     "chunked": {"sa": 3 * FP32 + 2 * INT64, "sa_raw": FP32, "softmax": FP32},
+    "dense": {"sa": 3 * FP32 + 2 * INT64, "sa_raw": 0, "softmax": 0},  # x_min, x_max, δ and the arg-min/max
     # eager `sa`: argmin/argmax gather indices (int64), the two `where` conditions (bool) and δ (fp32).
     "eager": {"sa": 2 * INT64 + 2 * BOOL + FP32, "sa_raw": 0, "softmax": 0},
 }
@@ -60,9 +65,9 @@ class ActivationShape:
 
 def attention_core_on_gpu(config: ModelConfig) -> AttentionCore:
     """The core a GPU run uses: `auto`/`triton` pick the fused kernel; DAPE-V2 always runs eager."""
-    if config.position_encoding == "dapev2-kerple" or config.attention_backend == "eager":
+    if config.position_encoding == "dapev2-kerple":
         return "eager"
-    return "chunked" if config.attention_backend == "chunked" else "fused"
+    return config.attention_backend if config.attention_backend in ("eager", "chunked", "dense") else "fused"
 
 
 def block_bytes(config: ModelConfig, shape: ActivationShape) -> int:
@@ -79,7 +84,7 @@ def block_bytes(config: ModelConfig, shape: ActivationShape) -> int:
         qkv = 3 * h * e + (2 * h * e if config.position_encoding == "rope" else 0)
     mlp = (4 if config.mlp == "swiglu" else 2) * f * e
     core = a * ROW_STATISTICS[shape.attention_core][config.attention]
-    if shape.attention_core != "eager":
+    if shape.attention_core not in ("eager", "dense"):
         core += h * FP32 * (2 if config.attention == "sa" else 1)  # fp32 output (+ standard-softmax output)
     split = qkv + core + h * e + mlp
     per_token = (replicated / t if shape.sequence_parallel else replicated) + split / t
@@ -102,10 +107,13 @@ def _dropout_mask_bytes(config: ModelConfig, shape: ActivationShape) -> int:
 
 
 def _score_matrix_bytes(config: ModelConfig, shape: ActivationShape) -> int:
-    """The s×s terms of the eager core (zero for the fused and chunked cores)."""
+    """The s×s terms of the eager and dense cores (zero for the fused and chunked cores)."""
+    s, heads, b = config.seq_length, config.num_attention_heads // shape.tensor_parallel, shape.micro_batch
+    if shape.attention_core == "dense":
+        matrices = 1 if config.attention == "softmax" else 2  # s, and w
+        return b * heads * _dense_visible_scores(s) * matrices * FP32
     if shape.attention_core != "eager":
         return 0
-    s, heads, b = config.seq_length, config.num_attention_heads // shape.tensor_parallel, shape.micro_batch
     weights = shape.element_bytes if shape.element_bytes < FP32 else (0 if config.attention == "softmax" else FP32)
     matrices = FP32_SCORE_MATRICES[config.attention] * FP32 + weights  # weights: cast to e bytes, or fp32 (softmax: s)
     total = b * heads * s * s * matrices + s * s * BOOL  # + the causal mask
@@ -116,6 +124,12 @@ def _score_matrix_bytes(config: ModelConfig, shape: ActivationShape) -> int:
         # DAPE-V2's score MLP keeps its input (heads wide) and its hidden layer before and after gelu, per (i, j).
         total += b * s * s * (heads + 2 * DapeScoreMLP.WIDTH) * FP32
     return total
+
+
+def _dense_visible_scores(s: int) -> int:
+    """Scores the dense core keeps per head under the causal mask: each block of rows against the keys it sees."""
+    return sum(min(DENSE_BLOCK_ROWS, s - start) * min(start + DENSE_BLOCK_ROWS, s)
+               for start in range(0, s, DENSE_BLOCK_ROWS))
 
 
 def block_input_bytes(config: ModelConfig, shape: ActivationShape) -> int:

@@ -8,6 +8,7 @@ import torch
 
 from kernels import sa_attention
 from kernels.chunked import chunked_attention
+from kernels.dense import dense_attention
 from kernels.eager import eager_attention
 from tests.kernels.reference import make_inputs, outputs_and_grads
 
@@ -20,8 +21,8 @@ def qkv(n=17, heads=4, kv_heads=4, head_dim=16, dtype=torch.float32):
     return q, k, v
 
 
-@pytest.mark.parametrize("n, expected", [(17, eager_attention), (300, chunked_attention)])
-def test_auto_picks_eager_for_small_and_chunked_for_large_on_cpu(n, expected):
+@pytest.mark.parametrize("n, expected", [(17, dense_attention), (512, dense_attention), (513, chunked_attention)])
+def test_auto_picks_dense_for_short_and_chunked_for_long_on_cpu(n, expected):
     q, k, v = qkv(n)
     torch.testing.assert_close(sa_attention(q, k, v), expected(q, k, v), rtol=0, atol=0)
 
@@ -50,15 +51,15 @@ def test_sdpa_backend_refuses_what_it_does_not_compute():
         sa_attention(q, k, v, variant="sa", backend="sdpa")
 
 
-@pytest.mark.parametrize("backend", ["eager", "chunked"])
+@pytest.mark.parametrize("backend", ["dense", "eager", "chunked"])
 def test_named_backend_is_used(backend):
     q, k, v = qkv(40)
-    reference = eager_attention if backend == "eager" else chunked_attention
+    reference = {"dense": dense_attention, "eager": eager_attention, "chunked": chunked_attention}[backend]
     got = sa_attention(q, k, v, variant="sa_raw", causal=False, backend=backend)
     torch.testing.assert_close(got, reference(q, k, v, variant="sa_raw", causal=False), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("backend", ["eager", "chunked"])
+@pytest.mark.parametrize("backend", ["dense", "eager", "chunked"])
 def test_grouped_query_attention_equals_repeated_heads(backend):
     inputs = make_inputs(2, 4, 33, head_dim=16, bias="kerple")
     for name in ("k", "v"):
@@ -73,7 +74,7 @@ def test_grouped_query_attention_equals_repeated_heads(backend):
         torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("backend", ["eager", "chunked"])
+@pytest.mark.parametrize("backend", ["dense", "eager", "chunked"])
 def test_alibi_slopes_get_no_gradient(backend):
     q, k, v = qkv()
     q.requires_grad_()
