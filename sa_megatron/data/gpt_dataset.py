@@ -14,10 +14,11 @@ from sa_megatron.errors import DataError
 class GPTDataset:
     """`ds[i]` -> int64 array of seq_length + 1 tokens (inputs are [:-1], labels [1:]); samples span documents."""
 
-    def __init__(self, dataset: IndexedDataset, documents: range, split_name: str, seq_length: int, seed: int,
+    def __init__(self, dataset: IndexedDataset, documents: np.ndarray, split_name: str, seq_length: int, seed: int,
                  num_samples: int, cache_dir=None):
+        """documents: the ids of this split's documents, in any order (the document index shuffles them)."""
         self.dataset, self.seq_length, self.num_samples = dataset, seq_length, num_samples
-        sizes = dataset.sizes[documents.start:documents.stop]
+        sizes = dataset.sizes[documents]
         num_tokens = int(sizes.sum(dtype=np.int64))
         per_epoch = samples_per_epoch(num_tokens, seq_length)
         if per_epoch == 0:
@@ -26,13 +27,13 @@ class GPTDataset:
                 f"fewer than seq_length + 1 = {seq_length + 1}; use a shorter sequence, more data or a larger split share"
             )
         num_epochs = -(-num_samples // per_epoch)
-        description = {"seed": seed, "seq_length": seq_length, "documents": [documents.start, documents.stop]}
-        key = index_cache.cache_key(description, sizes)
+        description = {"seed": seed, "seq_length": seq_length, "documents": len(documents)}
+        key = index_cache.cache_key(description, documents, sizes)
         cache_dir = Path(cache_dir) if cache_dir else Path(dataset.prefix).parent / "index-cache"
         name = Path(dataset.prefix).name
         arrays = index_cache.load_cached(cache_dir, name, key, num_epochs)
         if arrays is None:
-            document_index = build_document_index(np.arange(documents.start, documents.stop), num_epochs, seed)
+            document_index = build_document_index(documents, num_epochs, seed)
             arrays = {
                 "document_index": document_index,
                 "sample_index": build_sample_index(dataset.sizes, document_index, seq_length, num_epochs * per_epoch),

@@ -17,11 +17,13 @@ from sa_megatron.data.atomic import unique_temp_path
 from sa_megatron.errors import DataError
 
 ARRAYS = ("document_index", "sample_index", "shuffle_index")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a split's documents are any list of ids (hashed), no longer a consecutive range
 
 
-def cache_key(description: dict, sizes: np.ndarray) -> str:
+def cache_key(description: dict, documents: np.ndarray, sizes: np.ndarray) -> str:
+    """Hash of the description, the split's document ids and their sizes."""
     digest = hashlib.sha256(json.dumps({**description, "format": FORMAT_VERSION}, sort_keys=True).encode())
+    digest.update(np.ascontiguousarray(documents, dtype=np.int64).tobytes())
     digest.update(np.ascontiguousarray(sizes, dtype=np.int32).tobytes())
     return digest.hexdigest()[:20]
 

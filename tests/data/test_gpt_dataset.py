@@ -83,8 +83,71 @@ def test_splits_have_disjoint_documents(make_dataset):
     train, valid, test = build_gpt_datasets(prefix, None, "969,30,1", SEQ, 1, (100, 20, 3))
     documents = [set(np.asarray(d.document_index).tolist()) for d in (train, valid, test)]
     assert not documents[0] & documents[1] and not documents[0] & documents[2] and not documents[1] & documents[2]
-    assert [len(d) for d in documents] == [969, 30, 1]
-    assert split_documents(10, [969, 30, 1]) == [range(0, 10), range(10, 10), range(10, 10)]
+    assert set.union(*documents) == set(range(1000))
+    assert abs(len(documents[1]) - 30) <= 4 and abs(len(documents[2]) - 1) <= 4
+    stream = stream_of(valid)  # the valid documents are scattered ids, not a range: samples still cut the stream
+    for i in range(len(valid)):
+        start = int(valid.shuffle_index[i]) * SEQ
+        np.testing.assert_array_equal(valid[i], stream[start: start + SEQ + 1])
+
+
+def test_split_documents_interleave_evenly_and_do_not_move_when_data_is_appended():
+    """Every stretch of the dataset gives each split its share, so the held-out splits are not its last files."""
+    shares = [90, 7, 3]
+    splits = split_documents(5000, shares)
+    split_of = np.empty(5000, dtype=np.int64)
+    for split, ids in enumerate(splits):
+        split_of[ids] = split
+        assert np.all(np.diff(ids) > 0)  # sorted, no document twice
+    assert sum(len(ids) for ids in splits) == 5000
+    per_prefix = np.cumsum(np.eye(3)[split_of], axis=0)
+    expected = np.outer(np.arange(1, 5001), np.array(shares) / 100)
+    assert np.abs(per_prefix - expected).max() <= 4
+    appended = split_documents(8000, shares)
+    for short, long in zip(splits, appended):
+        np.testing.assert_array_equal(short, long[long < 5000])
+    assert [len(ids) for ids in split_documents(10, [1, 0, 0])] == [10, 0, 0]
+
+
+def test_valid_and_test_splits_sample_every_file_of_a_real_corpus(bpe_model, gutenberg_files, tmp_path):
+    """The corpus/*.txt case: before, the valid and test splits were the alphabetically last files' documents."""
+    from sa_megatron.data.preprocess import preprocess
+
+    files = gutenberg_files[:3]
+    prefix = str(tmp_path / "books")
+    preprocess(files, bpe_model, prefix, doc_boundary="blank-line")
+    file_ends = np.cumsum([len(list(CorpusReader([f], doc_boundary="blank-line"))) for f in files])
+    datasets = build_gpt_datasets([prefix], None, "90,5,5", SEQ, 1, (10, 10, 10))
+    for split in datasets:
+        documents = np.unique(np.asarray(split.document_index))
+        per_file = np.bincount(np.searchsorted(file_ends, documents, side="right"), minlength=len(files))
+        share = len(documents) / file_ends[-1]
+        file_sizes = np.diff(file_ends, prepend=0)
+        # A file is the difference of two prefixes, each within 4 documents of its share.
+        assert np.abs(per_file - share * file_sizes).max() <= 8, (per_file, share * file_sizes)
+        assert per_file.min() > 0
+
+
+def test_validation_documents_do_not_depend_on_the_training_seed(make_dataset):
+    """Runs that differ only in their seed compare validation losses on the same documents."""
+    prefix = make_dataset(random_documents(400))
+    valid = [build_gpt_datasets([prefix], None, "90,10,0", SEQ, seed, (1, 50, 0))[1] for seed in (1, 7)]
+    documents = [sorted(set(np.asarray(v.document_index).tolist())) for v in valid]
+    assert documents[0] == documents[1]
+    assert [valid[0][i].tolist() for i in range(5)] != [valid[1][i].tolist() for i in range(5)]  # order is seeded
+
+
+def test_cache_tells_apart_document_sets_of_equal_sizes(make_dataset):
+    """Two splits with as many documents of the same sizes must not share a cache entry."""
+    from sa_megatron.data.gpt_dataset import GPTDataset
+    from sa_megatron.data.indexed_dataset import IndexedDataset
+
+    dataset = IndexedDataset(make_dataset([np.full(40, i) for i in range(10)]))
+    even = GPTDataset(dataset, np.arange(0, 10, 2), "train", SEQ, 1, 5)
+    odd = GPTDataset(dataset, np.arange(1, 10, 2), "train", SEQ, 1, 5)
+    assert set(np.asarray(even.document_index).tolist()) == {0, 2, 4, 6, 8}
+    assert set(np.asarray(odd.document_index).tolist()) == {1, 3, 5, 7, 9}
+    assert set(odd[0].tolist()) <= {1, 3, 5, 7, 9}
 
 
 def test_empty_split_or_zero_samples_is_none(make_dataset):
