@@ -3,7 +3,7 @@ plain-PyTorch loop on the same model, optimizer settings, batch shapes and step 
 
 Both sides run `warmup` untimed steps, then `steps` timed ones, and report tokens per second of their median step
 (robust to other processes competing for the CPU). The plain loop times itself; the trainer's per-step numbers are
-the ones it logs (TensorBoard `throughput/tokens_per_sec`, log_interval 1, attention stats off), read back from
+the ones it logs (TensorBoard `train/tokens_per_sec`, log_interval 1, attention stats off), read back from
 its event files, so process start and DeepSpeed initialization are excluded from both. Data: tinyshakespeare
 tokenized with the demo's 2048-token BPE (prepared once under --work-dir).
 
@@ -106,7 +106,7 @@ def trainer_tokens_per_sec(raw: dict, work: Path, warmup: int) -> float:
     events = EventAccumulator(str(tensorboard), size_guidance={"scalars": 0})
     events.Reload()
     # Every step has the same token count, so the median step's rate is the median rate.
-    return statistics.median(e.value for e in events.Scalars("throughput/tokens_per_sec") if e.step > warmup)
+    return statistics.median(e.value for e in events.Scalars("train/tokens_per_sec") if e.step > warmup)
 
 
 def main():

@@ -18,7 +18,7 @@ def register(subparsers) -> None:
     parser.add_argument("--max-windows", type=positive_int, default=None, metavar="N", help="at most N windows per length")
     parser.add_argument("--batch-size", type=positive_int, default=1, help="windows per forward pass")
     parser.add_argument("--output", metavar="FILE", help="write the results as JSON")
-    parser.add_argument("--tensorboard-dir", metavar="DIR", help="write eval_length/ppl_at_{L} scalars here")
+    parser.add_argument("--tensorboard-dir", metavar="DIR", help="write valid_length/ppl_at_{L} scalars here")
     parser.set_defaults(handler=run_eval)
 
 
@@ -51,11 +51,13 @@ def run_eval(args) -> None:
     if args.tensorboard_dir:
         from torch.utils.tensorboard import SummaryWriter
 
+        from sa_megatron.training.metrics import LENGTH_PREFIX
+
         with SummaryWriter(log_dir=args.tensorboard_dir) as writer:
             for r in results:
-                writer.add_scalar(f"eval_length/ppl_at_{r.length}", r.ppl, global_step=0)
+                writer.add_scalar(f"{LENGTH_PREFIX}ppl_at_{r.length}", r.ppl, global_step=0)
                 # The same numbers as one curve over length (x axis = tokens of context).
-                writer.add_scalar("eval_length/ppl", r.ppl, global_step=r.length)
+                writer.add_scalar(f"{LENGTH_PREFIX}ppl", r.ppl, global_step=r.length)
 
 
 def progress_on_this_rank():

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+from sa_megatron.training.metrics import QK_GRAD_NORM_PREFIX, ROW_MASS_PREFIX
+
 COLORS = {"softmax": "tab:blue", "sa": "tab:red", "sa_raw": "tab:green"}
 STYLES = ["-", "--", ":", "-."]  # per seed in the loss plot, per position encoding in the per-layer ones
 
@@ -19,8 +21,8 @@ def write_plots(study_dir: Path, results, cells) -> list[str]:
         written.append(_ppl_vs_length(plt, study_dir, cells, sorted({pe for (_, pe, _) in cells})))
     if any(r.losses for r in results):
         written.append(_loss_curves(plt, study_dir, results, encodings))
-    for prefix, name, label in (("attention/row_mass/", "row_mass.png", "mean attention row mass Σ_j w_ij"),
-                                ("grad_norm/", "qk_grad_norm.png", "gradient norm")):
+    for prefix, name, label in ((ROW_MASS_PREFIX, "row_mass.png", "mean attention row mass Σ_j w_ij"),
+                                (QK_GRAD_NORM_PREFIX, "qk_grad_norm.png", "gradient norm")):
         if any(tag.startswith(prefix) for r in results for tag in r.scalars):
             written.append(_per_layer(plt, study_dir, results, encodings, prefix, name, label))
     return written
@@ -83,7 +85,7 @@ def _per_layer(plt, study_dir, results, encodings, prefix, name, label) -> str:
     for row, kind in enumerate(kinds):
         for col, layer in enumerate(layers):
             ax = axes[row][col]
-            tag = f"{prefix}{kind}/layer_{layer}" if prefix == "grad_norm/" else f"{prefix}layer_{layer}"
+            tag = f"{prefix}{kind}/layer_{layer}" if prefix == QK_GRAD_NORM_PREFIX else f"{prefix}layer_{layer}"
             for r in results:
                 points = r.scalars.get(tag, [])
                 if points:
@@ -91,7 +93,7 @@ def _per_layer(plt, study_dir, results, encodings, prefix, name, label) -> str:
                     ax.plot([s for s, _ in points], [v for _, v in points], color=COLORS.get(r.attention),
                             linestyle=style, lw=1, label=f"{r.attention} {r.position_encoding} s{r.seed}")
             ax.set(title=f"{kind} layer {layer}", xlabel="step")
-            if prefix == "grad_norm/":
+            if prefix == QK_GRAD_NORM_PREFIX:
                 ax.set_yscale("log")
             ax.grid(alpha=0.3)
         axes[row][0].set_ylabel(label)

@@ -7,6 +7,9 @@ from pathlib import Path
 from typing import Optional
 
 from sa_megatron.study.spec import Study
+from sa_megatron.training.metrics import QK_GRAD_NORM_PREFIX, ROW_MASS_PREFIX
+
+LEGACY_PREFIXES = {"attention/row_mass/": ROW_MASS_PREFIX, "grad_norm/": QK_GRAD_NORM_PREFIX}
 
 
 @dataclass
@@ -64,6 +67,15 @@ def _scalars(logdir: Path) -> dict:
         return {}
     accumulator = EventAccumulator(str(logdir), size_guidance={"scalars": 0})  # 0 = keep every point
     accumulator.Reload()
-    wanted = [tag for tag in accumulator.Tags()["scalars"] if tag.startswith(("attention/row_mass/", "grad_norm/"))]
+    wanted = [tag for tag in accumulator.Tags()["scalars"]
+              if _current_name(tag).startswith((ROW_MASS_PREFIX, QK_GRAD_NORM_PREFIX))]
     # A resumed run logs into the same folder again; the last value for a step wins, as with losses.
-    return {tag: sorted({e.step: e.value for e in accumulator.Scalars(tag)}.items()) for tag in wanted}
+    return {_current_name(tag): sorted({e.step: e.value for e in accumulator.Scalars(tag)}.items()) for tag in wanted}
+
+
+def _current_name(tag: str) -> str:
+    """Runs trained before the tags were renamed (so that TensorBoard lists them after train/ and valid/) still plot."""
+    for old, new in LEGACY_PREFIXES.items():
+        if tag.startswith(old):
+            return new + tag[len(old):]
+    return tag

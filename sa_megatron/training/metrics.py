@@ -4,6 +4,11 @@ Throughput: `flops_per_token` is the model's training cost per token (forward + 
 count of `model.accounting.flops_per_token`), so TFLOP/s per device = flops_per_token × tokens / elapsed /
 num_devices / 1e12, and MFU divides that by `logging.peak_tflops_per_device` — a number the user supplies, never a
 hard-coded GPU peak (DESIGN §7).
+
+Tag names: TensorBoard groups tags by the part before the first '/', lists the groups by name (digits and '/'
+before other characters, then character codes) and opens the first two. So everything about the optimizer's progress
+is under `train/` (loss, lr, grad norm, throughput) and validation under `valid/` (`eval` adds `valid_length/`):
+those come first and open; the per-layer diagnostics and memory groups start with `x_` to sort after them.
 """
 
 import math
@@ -33,23 +38,28 @@ def format_duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
+ROW_MASS_PREFIX = "x_attention/row_mass/"  # + layer_{i}
+QK_GRAD_NORM_PREFIX = "x_grad_norm/"  # + {query,key}/layer_{i}
+LENGTH_PREFIX = "valid_length/"  # `sa-megatron eval`: ppl_at_{L}, and ppl over L
+
+
 def memory_scalars() -> dict:
     """Peak accelerator memory on CUDA; the process's resident memory on CPU."""
     if torch.cuda.is_available():
-        return {"memory/peak_gpu_allocated_gb": torch.cuda.max_memory_allocated() / 1e9}
+        return {"x_memory/peak_gpu_allocated_gb": torch.cuda.max_memory_allocated() / 1e9}
     import psutil  # a DeepSpeed dependency, so always installed alongside it
 
-    return {"memory/rss_gb": psutil.Process().memory_info().rss / 1e9}
+    return {"x_memory/rss_gb": psutil.Process().memory_info().rss / 1e9}
 
 
 def attention_scalars(attention_stats: dict) -> dict:
     """Per-layer attention row mass and query/key gradient norms (SA-Softmax rows do not sum to 1)."""
     scalars = {}
     for layer, mass in enumerate(attention_stats.get("row_mass", [])):
-        scalars[f"attention/row_mass/layer_{layer}"] = float(mass)
+        scalars[f"{ROW_MASS_PREFIX}layer_{layer}"] = float(mass)
     for layer, (query_norm, key_norm) in enumerate(attention_stats.get("qk_grad_norm", [])):
-        scalars[f"grad_norm/query/layer_{layer}"] = float(query_norm)
-        scalars[f"grad_norm/key/layer_{layer}"] = float(key_norm)
+        scalars[f"{QK_GRAD_NORM_PREFIX}query/layer_{layer}"] = float(query_norm)
+        scalars[f"{QK_GRAD_NORM_PREFIX}key/layer_{layer}"] = float(key_norm)
     return scalars
 
 
@@ -91,15 +101,15 @@ class MetricsLogger:
             "train/loss": loss,
             "train/ppl": perplexity(loss),
             "train/lr": lr,
-            "throughput/tokens_per_sec": tokens_per_sec,
-            "throughput/tflops_per_device": tflops,
+            "train/tokens_per_sec": tokens_per_sec,
+            "train/tflops_per_device": tflops,
         }
         if grad_norm is not None:
             scalars["train/grad_norm"] = grad_norm
         if self.logs_loss_scale and loss_scale is not None:
             scalars["train/loss_scale"] = loss_scale
         if self.peak_tflops > 0:
-            scalars["throughput/mfu"] = tflops / self.peak_tflops
+            scalars["train/mfu"] = tflops / self.peak_tflops
         scalars.update(memory_scalars())
         if attention_stats:
             scalars.update(attention_scalars(attention_stats))
@@ -121,7 +131,7 @@ class MetricsLogger:
 
     def log_eval(self, step: int, loss: float) -> None:
         ppl = perplexity(loss)
-        self._write({"eval/loss": loss, "eval/ppl": ppl}, step)
+        self._write({"valid/loss": loss, "valid/ppl": ppl}, step)
         print(f"eval at step {step} | loss {loss:.4f} | ppl {ppl:.2f}", flush=True)
 
     def close(self) -> None:

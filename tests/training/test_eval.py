@@ -227,9 +227,9 @@ def test_cli_eval_writes_json_tensorboard_and_table(trained_run, tmp_path, capsy
     events = EventAccumulator(str(tensorboard))
     events.Reload()
     for r in results:
-        (event,) = events.Scalars(f"eval_length/ppl_at_{r['length']}")
+        (event,) = events.Scalars(f"valid_length/ppl_at_{r['length']}")
         assert event.value == pytest.approx(r["ppl"], rel=1e-6)
-    curve = {e.step: e.value for e in events.Scalars("eval_length/ppl")}
+    curve = {e.step: e.value for e in events.Scalars("valid_length/ppl")}
     assert curve == {r["length"]: pytest.approx(r["ppl"], rel=1e-6) for r in results}
 
 

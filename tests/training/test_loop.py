@@ -29,13 +29,13 @@ def test_a_real_run_writes_every_tensorboard_scalar(corpus, tmp_path):
                       logging={"log_interval": 2, "tensorboard_dir": str(tmp_path / "tb"),
                                "peak_tflops_per_device": 1.0}))
     written = scalars(tmp_path / "tb")
-    expected = {"train/loss", "train/ppl", "train/lr", "train/grad_norm", "throughput/tokens_per_sec",
-                "throughput/tflops_per_device", "throughput/mfu", *memory_scalars(), "eval/loss", "eval/ppl",
-                *(f"{kind}/layer_{i}" for kind in ("attention/row_mass", "grad_norm/query", "grad_norm/key")
+    expected = {"train/loss", "train/ppl", "train/lr", "train/grad_norm", "train/tokens_per_sec",
+                "train/tflops_per_device", "train/mfu", *memory_scalars(), "valid/loss", "valid/ppl",
+                *(f"{kind}/layer_{i}" for kind in ("x_attention/row_mass", "x_grad_norm/query", "x_grad_norm/key")
                   for i in range(2))}
     assert expected <= set(written), expected - set(written)
     assert set(written["train/loss"]) == {2, 4}
-    assert all(0 < mass < 1 for i in range(2) for mass in written[f"attention/row_mass/layer_{i}"].values())
+    assert all(0 < mass < 1 for i in range(2) for mass in written[f"x_attention/row_mass/layer_{i}"].values())
 
 
 def test_grad_norm_at_zero_stage_0_equals_deepspeeds_at_stage_1(corpus, tmp_path):

@@ -1,5 +1,6 @@
 """MetricsLogger: every scalar read back from real TensorBoard event files, plus the console line."""
 
+import functools
 import math
 import re
 
@@ -8,9 +9,9 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from sa_megatron.config import Config
-from sa_megatron.training.metrics import MetricsLogger, format_duration, perplexity
+from sa_megatron.training.metrics import LENGTH_PREFIX, MetricsLogger, format_duration, perplexity
 
-MEMORY_TAG = "memory/peak_gpu_allocated_gb" if torch.cuda.is_available() else "memory/rss_gb"
+MEMORY_TAG = "x_memory/peak_gpu_allocated_gb" if torch.cuda.is_available() else "x_memory/rss_gb"
 STATS = {"row_mass": [0.9, 1.3], "qk_grad_norm": [(0.1, 0.2), (0.3, 0.4)]}
 
 
@@ -47,11 +48,11 @@ def test_train_scalars_and_values(tmp_path):
     tflops = 6e6 * 20_000 / 4.0 / 2 / 1e12
     expected = {
         "train/loss": 4.5, "train/ppl": math.exp(4.5), "train/lr": 3e-4, "train/grad_norm": 1.25,
-        "train/loss_scale": 65536.0, "throughput/tokens_per_sec": 5000.0, "throughput/tflops_per_device": tflops,
-        "throughput/mfu": tflops / 50.0,
-        "attention/row_mass/layer_0": 0.9, "attention/row_mass/layer_1": 1.3,
-        "grad_norm/query/layer_0": 0.1, "grad_norm/key/layer_0": 0.2,
-        "grad_norm/query/layer_1": 0.3, "grad_norm/key/layer_1": 0.4,
+        "train/loss_scale": 65536.0, "train/tokens_per_sec": 5000.0, "train/tflops_per_device": tflops,
+        "train/mfu": tflops / 50.0,
+        "x_attention/row_mass/layer_0": 0.9, "x_attention/row_mass/layer_1": 1.3,
+        "x_grad_norm/query/layer_0": 0.1, "x_grad_norm/key/layer_0": 0.2,
+        "x_grad_norm/query/layer_1": 0.3, "x_grad_norm/key/layer_1": 0.4,
     }
     assert set(got) == set(expected) | {MEMORY_TAG}
     for tag, value in expected.items():
@@ -65,9 +66,9 @@ def test_mfu_needs_peak_and_loss_scale_needs_fp16(tmp_path):
     logger.close()
 
     tags = set(scalars(read_events(tmp_path / "tb")))
-    assert "throughput/mfu" not in tags
+    assert "train/mfu" not in tags
     assert "train/loss_scale" not in tags
-    assert not any(tag.startswith(("attention/", "grad_norm/")) for tag in tags)
+    assert not any(tag.startswith(("x_attention/", "x_grad_norm/")) for tag in tags)
 
 
 def test_eval_and_config_text(tmp_path):
@@ -78,8 +79,8 @@ def test_eval_and_config_text(tmp_path):
 
     events = read_events(tmp_path / "tb")
     got = scalars(events)
-    assert got["eval/loss"] == {5: pytest.approx(3.0)}
-    assert got["eval/ppl"] == {5: pytest.approx(math.exp(3.0), rel=1e-6)}
+    assert got["valid/loss"] == {5: pytest.approx(3.0)}
+    assert got["valid/ppl"] == {5: pytest.approx(math.exp(3.0), rel=1e-6)}
     (text_event,) = events.Tensors("config/text_summary")
     text = text_event.tensor_proto.string_val[0].decode()
     assert text.startswith("```yaml\n") and text.endswith("```")
@@ -108,6 +109,86 @@ def test_eta_uses_mean_step_time_of_timed_steps_only(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].endswith("ETA 1m30s")  # 90 steps × 1 s
     assert lines[1].endswith("ETA 2m40s")  # 80 steps × (40 s / 20 steps)
+
+
+def tensorboard_compare(a: str, b: str) -> int:
+    """TensorBoard 2.21's tag order (the time-series dashboard's `compareTagNames`, minified as `Qy` in
+    tensorboard/webfiles.zip's index.js): runs of digits compare as numbers, '/' and digits sort before any other
+    character, other characters by code."""
+    def is_digit(c):
+        return "0" <= c <= "9"
+
+    def number_end(text, i):  # digits, then optionally ".digits", then optionally "e", a sign and digits
+        state = "natural"
+        for i in range(i, len(text)):
+            c = text[i]
+            if state in ("natural", "real") and c in "eE":
+                state = "sign"
+            elif state == "natural" and c == ".":
+                state = "real"
+            elif state == "sign" and (is_digit(c) or c in "+-"):
+                state = "exponent"
+            elif not is_digit(c) or state == "sign":
+                return i
+        return len(text)
+
+    def number(text):
+        try:
+            return float(text)
+        except ValueError:
+            return math.nan  # JavaScript's Number() of "1e" is NaN, which compares neither way
+
+    i = j = 0
+    while True:
+        if i == len(a):
+            return 0 if j == len(b) else -1
+        if j == len(b):
+            return 1
+        if is_digit(a[i]) and is_digit(b[j]):
+            start_a, start_b = i, j
+            i, j = number_end(a, i + 1), number_end(b, j + 1)
+            x, y = number(a[start_a:i]), number(b[start_b:j])
+            if x != y and not math.isnan(x) and not math.isnan(y):
+                return -1 if x < y else 1
+            continue
+        a_breaks, b_breaks = a[i] == "/" or is_digit(a[i]), b[j] == "/" or is_digit(b[j])
+        if a_breaks != b_breaks:
+            return -1 if a_breaks else 1
+        if not a_breaks and a[i] != b[j]:
+            return -1 if a[i] < b[j] else 1
+        i, j = i + 1, j + 1
+
+
+def tensorboard_groups(tags) -> list[str]:
+    """The tag groups in the order TensorBoard shows them (it opens the first two)."""
+    groups = []
+    for tag in sorted(tags, key=functools.cmp_to_key(tensorboard_compare)):
+        if tag.split("/", 1)[0] not in groups:
+            groups.append(tag.split("/", 1)[0])
+    return groups
+
+
+def test_tensorboard_comparator_port():
+    ordered = ["a/b", "a/layer_2", "a/layer_10", "a/layer_1e3", "a_b/c", "ab/c", "b", "x1.5", "x2"]
+    assert sorted(reversed(ordered), key=functools.cmp_to_key(tensorboard_compare)) == ordered
+
+
+def test_loss_lr_and_throughput_come_first_in_tensorboard(tmp_path):
+    """Every scalar the trainer writes (plus the eval command's): train/ and valid/ are the two groups TensorBoard
+    lists first and opens; the per-layer diagnostics and memory come after them."""
+    logger = MetricsLogger(make_config(tmp_path, precision="fp16", peak=50.0), flops_per_token=6e6, num_devices=1)
+    logger.log_train(10, loss=4.5, lr=3e-4, grad_norm=1.25, loss_scale=2.0, tokens=100, elapsed_s=1.0,
+                     attention_stats={"row_mass": [0.9] * 12, "qk_grad_norm": [(0.1, 0.2)] * 12})
+    logger.log_skipped_step(11, math.nan, None, 1, 1, 3)
+    logger.log_eval(10, 3.0)
+    logger.close()
+    tags = [*scalars(read_events(tmp_path / "tb")), f"{LENGTH_PREFIX}ppl", f"{LENGTH_PREFIX}ppl_at_128"]
+
+    groups = tensorboard_groups(tags)
+    assert groups[:3] == ["train", "valid", "valid_length"], groups
+    assert set(groups[3:]) == {"x_attention", "x_grad_norm", "x_memory"}, groups
+    train = [tag for tag in tags if tag.startswith("train/")]
+    assert {"train/loss", "train/lr", "train/tokens_per_sec", "train/grad_norm"} <= set(train)
 
 
 def test_helpers():
