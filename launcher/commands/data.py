@@ -1,8 +1,22 @@
 """`sa-megatron data preprocess|inspect`: tokenize corpora into Megatron .bin/.idx, and look inside one."""
 
-from launcher.commands.arguments import positive_int
+import argparse
+
+from launcher.commands.arguments import positive_int, rng_seed
 
 SAMPLE_TOKENS = 64
+
+
+def split_shares(text: str) -> tuple[float, float, float]:
+    """"98,1,1" -> train, valid, test shares, by the config's own data.split rules."""
+    from sa_megatron.config.validate import parse_split
+    from sa_megatron.errors import ConfigError
+
+    try:
+        return tuple(parse_split(text))
+    except ConfigError:
+        raise argparse.ArgumentTypeError("expected three finite, non-negative train,valid,test shares, not all "
+                                         f"zero, like 98,1,1; got '{text}'") from None
 
 
 def add_corpus_arguments(parser) -> None:
@@ -23,6 +37,13 @@ def register(subparsers) -> None:
     run.add_argument("--tokenizer", required=True, metavar="MODEL", help="sentencepiece .model")
     run.add_argument("--output-prefix", required=True, metavar="PREFIX")
     run.add_argument("--workers", type=positive_int, default=1, help="tokenizer processes")
+    run.add_argument("--split", type=split_shares, metavar="TRAIN,VALID,TEST",
+                     help="write PREFIX_train, PREFIX_valid and PREFIX_test in these proportions (a zero share is "
+                          "not written) instead of PREFIX; needs --split-by")
+    run.add_argument("--split-by", choices=["documents", "files"],
+                     help="documents: each split draws documents from every file; files: whole files are dealt to "
+                          "the splits (the shares count files)")
+    run.add_argument("--split-seed", type=rng_seed, help="seed of the split assignment (default 1234)")
     run.set_defaults(handler=preprocess_command)
     inspect = actions.add_parser("inspect", help="print documents, tokens, dtype and a decoded sample")
     inspect.add_argument("prefix")
@@ -31,13 +52,37 @@ def register(subparsers) -> None:
 
 
 def preprocess_command(args) -> None:
-    from sa_megatron.data.preprocess import preprocess
+    from sa_megatron.data.preprocess import preprocess, preprocess_split
 
-    summary = preprocess(args.input, args.tokenizer, args.output_prefix, args.workers, args.doc_boundary,
-                         args.json_key, args.skip_invalid_utf8)
-    if summary.skipped_invalid_utf8:
-        print(f"skipped {summary.skipped_invalid_utf8} documents with invalid UTF-8")
-    print(f"wrote {args.output_prefix}.bin/.idx: {summary.documents} documents, {summary.tokens} tokens, {summary.dtype}")
+    options = dict(workers=args.workers, doc_boundary=args.doc_boundary, json_key=args.json_key,
+                   skip_invalid_utf8=args.skip_invalid_utf8)
+    split = held_out_split(args)
+    if split is None:
+        summaries = {args.output_prefix: preprocess(args.input, args.tokenizer, args.output_prefix, **options)}
+    else:
+        summaries = {f"{args.output_prefix}_{name}": summary for name, summary in
+                     preprocess_split(args.input, args.tokenizer, args.output_prefix, split, **options).items()}
+    for prefix, summary in summaries.items():
+        skipped = summary.skipped_invalid_utf8
+        print(f"wrote {prefix}.bin/.idx: {summary.documents} documents, {summary.tokens} tokens, {summary.dtype}"
+              + (f" ({skipped} documents with invalid UTF-8 skipped in its input files)" if skipped else ""))
+
+
+def held_out_split(args):
+    """The HeldOutSplit the split flags ask for, or None without --split."""
+    from sa_megatron.data.preprocess import HeldOutSplit
+    from sa_megatron.data.splits import DEFAULT_SPLIT_SEED
+    from sa_megatron.errors import DataError
+
+    if args.split is None:
+        if args.split_by or args.split_seed is not None:
+            raise DataError("--split-by and --split-seed need --split TRAIN,VALID,TEST (e.g. --split 98,1,1)")
+        return None
+    if args.split_by is None:
+        raise DataError("--split needs --split-by documents (each split draws documents from every file) or "
+                        "--split-by files (whole files go to one split)")
+    seed = DEFAULT_SPLIT_SEED if args.split_seed is None else args.split_seed
+    return HeldOutSplit(args.split, args.split_by, seed)
 
 
 def inspect_command(args) -> None:

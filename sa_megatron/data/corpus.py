@@ -52,8 +52,12 @@ class CorpusReader:
         self.bytes_read = 0  # input bytes consumed so far, for progress bars; the total size once iterated
 
     def __iter__(self) -> Iterator[str]:
+        return (text for _, text in self.with_file_index())
+
+    def with_file_index(self) -> Iterator[tuple[int, str]]:
+        """(index in `paths` of the file it came from, text) per document."""
         finished_bytes = 0
-        for path in self.paths:
+        for file_index, path in enumerate(self.paths):
             count = 0
             for raw, offset in self._raw_documents(path):
                 self.bytes_read = finished_bytes + offset + len(raw)
@@ -63,7 +67,7 @@ class CorpusReader:
                 if path.suffix in JSONL_SUFFIXES:
                     text = self._json_document(path, text, offset)
                 count += 1
-                yield text.replace("\r\n", "\n")
+                yield file_index, text.replace("\r\n", "\n")
             if count == 0:
                 skipped = self.skipped.get(path, 0)
                 why = f"all {skipped} were skipped for invalid UTF-8" if skipped else "it holds only blank lines"

@@ -39,7 +39,7 @@ def deal_files(num_files: int, shares, seed: int = DEFAULT_SPLIT_SEED) -> np.nda
     with_share = [name for name, share in zip(SPLIT_NAMES, shares) if share > 0]
     if num_files < len(with_share):
         raise DataError(f"{num_files} input files cannot give each split with a share ({', '.join(with_share)}) "
-                        "a whole file; give more files or split by documents")
+                        "a whole file; give more files or --split-by documents")
     order = np.random.default_rng(seed).permutation(num_files)
     splits = np.empty(num_files, dtype=np.int8)
     splits[order] = np.repeat(np.arange(len(shares), dtype=np.int8), file_counts(num_files, shares))
@@ -47,7 +47,7 @@ def deal_files(num_files: int, shares, seed: int = DEFAULT_SPLIT_SEED) -> np.nda
 
 
 def file_counts(num_files: int, shares) -> np.ndarray:
-    """Files per split: largest remainders, then one file moved from the largest split to each empty one with a share."""
+    """Files per split: largest remainders, then a file moved from the largest split to each empty one with a share."""
     exact = np.asarray(shares, dtype=np.float64) / sum(shares) * num_files
     counts = np.floor(exact).astype(np.int64)
     by_remainder = np.argsort(counts - exact, kind="stable")

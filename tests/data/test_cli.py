@@ -109,3 +109,47 @@ def test_preprocess_needs_at_least_one_worker(bpe_model, tmp_path, capsys, worke
               "--output-prefix", str(tmp_path / "d"), "--workers", workers])
     assert exit_.value.code == 2
     assert capsys.readouterr().err.endswith(f"argument --workers: expected a positive integer, got '{workers}'\n")
+
+
+def test_preprocess_with_a_held_out_split(shared_data, bpe_model, tmp_path, capsys):
+    """The README's flow: preprocess with --split, then the valid dataset is a dataset like any other."""
+    books = [str(shared_data / "gutenberg" / name)
+             for name in ("alice_in_wonderland_pg11.txt", "frankenstein_pg84.txt")]
+    prefix = tmp_path / "data" / "corpus"
+    assert main(["data", "preprocess", "--input", *books, "--tokenizer", str(bpe_model), "--output-prefix",
+                 str(prefix), "--doc-boundary", "blank-line", "--split", "98,1,1", "--split-by", "documents"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == [f"wrote {prefix}_{name}.bin/.idx"
+                                                      for name in ("train", "valid", "test")]
+    assert main(["data", "inspect", f"{prefix}_valid", "--tokenizer", str(bpe_model)]) == 0
+    assert json.loads(Path(f"{prefix}_valid.json").read_text())["split"]["seed"] == 1234
+    assert main(["data", "preprocess", "--input", *books, "--tokenizer", str(bpe_model), "--output-prefix",
+                 str(tmp_path / "files"), "--split", "2,1,0", "--split-by", "files", "--split-seed", "5"]) == 0
+    assert json.loads((tmp_path / "files_train.json").read_text())["split"] == {
+        "name": "train", "shares": [2, 1, 0], "by": "files", "seed": 5}
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--split", "98,1,1"], "--split needs --split-by documents (each split draws documents from every file) or "
+                            "--split-by files (whole files go to one split)"),
+    (["--split-by", "files"], "--split-by and --split-seed need --split TRAIN,VALID,TEST (e.g. --split 98,1,1)"),
+    (["--split-seed", "3"], "--split-by and --split-seed need --split TRAIN,VALID,TEST (e.g. --split 98,1,1)"),
+])
+def test_split_flags_come_together(bpe_model, tmp_path, capsys, flags, message):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("some text\n")
+    assert main(["data", "preprocess", "--input", str(corpus), "--tokenizer", str(bpe_model),
+                 "--output-prefix", str(tmp_path / "d"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err == f"sa-megatron data: error: {message}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt"]
+
+
+@pytest.mark.parametrize("split", ["98,1", "a,b,c", "1,-1,0", "0,0,0", "nan,1,1"])
+def test_split_shares_are_checked_before_the_work(bpe_model, tmp_path, capsys, split):
+    with pytest.raises(SystemExit) as exit_:
+        main(["data", "preprocess", "--input", "x.txt", "--tokenizer", str(bpe_model),
+              "--output-prefix", str(tmp_path / "d"), "--split", split, "--split-by", "documents"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.endswith("argument --split: expected three finite, non-negative train,valid,test "
+                                            f"shares, not all zero, like 98,1,1; got '{split}'\n")

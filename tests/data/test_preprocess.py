@@ -1,4 +1,5 @@
-"""Preprocessing writes Megatron's format: megatron-core reads our files identically; workers don't change bytes."""
+"""Preprocessing writes Megatron's format: megatron-core reads our files identically; workers don't change bytes;
+a held-out split deals documents or whole files to PREFIX_train/_valid/_test."""
 
 import json
 from pathlib import Path
@@ -8,7 +9,8 @@ import pytest
 
 from sa_megatron.data.corpus import CorpusReader
 from sa_megatron.data.indexed_dataset import IndexedDataset, token_dtype, write_index
-from sa_megatron.data.preprocess import preprocess
+from sa_megatron.data.preprocess import HeldOutSplit, preprocess, preprocess_split
+from sa_megatron.data.splits import interleave_splits
 from sa_megatron.data.tokenizer import load_tokenizer
 from sa_megatron.errors import DataError
 
@@ -153,3 +155,79 @@ def test_progress_bar_ends_at_100_percent(bpe_model, tmp_path, capsys):
     preprocess([corpus], bpe_model, tmp_path / "out", doc_boundary="blank-line", show_progress=True)
     final = capsys.readouterr().err.strip().split("\r")[-1]
     assert final.startswith("tokenize: 100%"), final
+
+
+def test_split_by_documents_draws_every_split_from_every_file(gutenberg_dataset, bpe_model, gutenberg_files, tmp_path):
+    """Each split holds the corpus's documents it was dealt, byte for byte and in corpus order, from every file."""
+    whole, summary = gutenberg_dataset
+    split = HeldOutSplit((90, 5, 5), "documents", seed=7)
+    summaries = preprocess_split(gutenberg_files[:3], bpe_model, tmp_path / "books", split, workers=2,
+                                 doc_boundary="blank-line")
+    corpus = IndexedDataset(whole)
+    dealt = interleave_splits(len(corpus), split.shares, split.seed)
+    file_ends = np.cumsum([len(list(CorpusReader([f], doc_boundary="blank-line"))) for f in gutenberg_files[:3]])
+    for index, name in enumerate(("train", "valid", "test")):
+        prefix = tmp_path / f"books_{name}"
+        dataset, positions = IndexedDataset(prefix), np.flatnonzero(dealt == index)
+        assert len(dataset) == summaries[name].documents == len(positions)
+        for i in range(0, len(positions), 7):
+            np.testing.assert_array_equal(dataset.get(i), corpus.get(int(positions[i])))
+        from_file = np.bincount(np.searchsorted(file_ends, positions, side="right"), minlength=3)
+        assert from_file.min() > 0, (name, from_file)
+        sidecar = json.loads(Path(f"{prefix}.json").read_text())
+        assert sidecar["split"] == {"name": name, "shares": [90, 5, 5], "by": "documents", "seed": 7}
+        assert sidecar["inputs"] == [str(f) for f in gutenberg_files[:3]] and sidecar["tokens"] == dataset.num_tokens
+    assert sum(s.tokens for s in summaries.values()) == summary.tokens
+    one_worker = preprocess_split(gutenberg_files[:3], bpe_model, tmp_path / "again", split, doc_boundary="blank-line")
+    assert one_worker == summaries
+    for name in ("train", "valid", "test"):
+        assert files_of(tmp_path / f"again_{name}") == files_of(tmp_path / f"books_{name}")
+
+
+@pytest.fixture
+def small_books(shared_data, tmp_path):
+    """Six real text files: Alice cut into parts at blank lines."""
+    paragraphs = (shared_data / "gutenberg/alice_in_wonderland_pg11.txt").read_text().split("\n\n")[:240]
+    paths = [tmp_path / f"part{i}.txt" for i in range(6)]
+    for i, path in enumerate(paths):
+        path.write_text("\n\n".join(paragraphs[i * 40: (i + 1) * 40]) + "\n")
+    return paths
+
+
+def test_split_by_files_keeps_each_file_whole_in_one_split(small_books, bpe_model, tmp_path):
+    split = HeldOutSplit((60, 20, 20), "files")
+    preprocess_split(small_books, bpe_model, tmp_path / "out" / "parts", split, doc_boundary="blank-line")
+    inputs = {}
+    for name in ("train", "valid", "test"):
+        prefix = tmp_path / "out" / f"parts_{name}"
+        sidecar = json.loads(Path(f"{prefix}.json").read_text())
+        assert sidecar["split"] == {"name": name, "shares": [60, 20, 20], "by": "files", "seed": 1234}
+        inputs[name] = sidecar["inputs"]
+        preprocess(inputs[name], bpe_model, tmp_path / name, doc_boundary="blank-line")
+        assert files_of(prefix) == files_of(tmp_path / name)  # exactly the split's files, in input order
+    assert [len(inputs[name]) for name in ("train", "valid", "test")] == [4, 1, 1]
+    assert sorted(sum(inputs.values(), [])) == sorted(map(str, small_books))
+    other_seed = HeldOutSplit((60, 20, 20), "files", seed=1)
+    preprocess_split(small_books, bpe_model, tmp_path / "seed1", other_seed, doc_boundary="blank-line")
+    assert json.loads(Path(f"{tmp_path}/seed1_valid.json").read_text())["inputs"] != inputs["valid"]
+
+
+def test_a_split_with_no_share_is_not_written(small_books, bpe_model, tmp_path):
+    out = tmp_path / "out"
+    summaries = preprocess_split(small_books, bpe_model, out / "parts", HeldOutSplit((9, 1, 0), "documents"))
+    assert list(summaries) == ["train", "valid"] and summaries["valid"].documents == 1
+    assert sorted(p.name for p in out.iterdir()) == [f"parts_{n}{s}" for n in ("train", "valid")
+                                                    for s in (".bin", ".idx", ".json")]
+
+
+def test_a_split_that_cannot_be_filled_is_one_error_and_writes_nothing(small_books, bpe_model, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match=r"^2 input files cannot give each split with a share \(train, valid, test\) "
+                                        "a whole file; give more files or --split-by documents$"):
+        preprocess_split(small_books[:2], bpe_model, out / "x", HeldOutSplit((98, 1, 1), "files"))
+    with pytest.raises(DataError, match=r"^--split 98,1,1 --split-by documents gives the valid split none of the 6 "
+                                        "documents; give it a larger share or more documents"):
+        preprocess_split(small_books, bpe_model, out / "x", HeldOutSplit((98, 1, 1), "documents"))
+    assert not out.exists() or not list(out.iterdir())
+    with pytest.raises(DataError, match="split by 'lines': expected one of documents, files"):
+        HeldOutSplit((98, 1, 1), "lines")
