@@ -8,7 +8,6 @@ whole model: each stage measures its own blocks (combined over its tensor ranks)
 stages' disjoint parts.
 """
 import math
-import statistics
 from typing import Callable, Optional
 
 import torch
@@ -52,11 +51,11 @@ class DataParallelSteps(_Steps):
         for tokens in batches:
             loss = self.loss(tokens.to(engine.device))
             engine.backward(loss)
-            losses.append(loss.item())
+            losses.append(loss.detach())  # no .item() here: on a GPU it would wait for every micro-batch
             if engine.is_gradient_accumulation_boundary():
                 # Every micro-batch has the same token count, so the mean of means is the global-batch token mean.
                 # Reduced before the step, so that the gate sees the loss every rank sees.
-                mean_loss = all_reduce_mean(statistics.fmean(losses))
+                mean_loss = all_reduce_mean(torch.stack(losses).double().mean().item())
                 if on_gradients is not None:
                     on_gradients()
                 if self.gate is not None:
@@ -67,9 +66,9 @@ class DataParallelSteps(_Steps):
     @torch.no_grad()
     def eval_loss(self, batches: list[torch.Tensor]) -> float:
         self.engine.eval()
-        losses = [self.loss(tokens.to(self.engine.device)).item() for tokens in batches]
+        losses = torch.stack([self.loss(tokens.to(self.engine.device)) for tokens in batches])
         self.engine.train()
-        return all_reduce_mean(statistics.fmean(losses))
+        return all_reduce_mean(losses.double().mean().item())
 
     def loss(self, tokens: torch.Tensor) -> torch.Tensor:
         return language_model_loss(self.engine(tokens[:, :-1]), tokens[:, 1:])
