@@ -24,11 +24,25 @@ def train_command(args) -> None:
     from sa_megatron.data.tokenizer import load_tokenizer, train_tokenizer
 
     reader = CorpusReader(args.input, args.doc_boundary, args.json_key, args.skip_invalid_utf8)
-    path = train_tokenizer(reader, args.output, args.vocab_size, args.model_type, args.input_sentence_size)
+    path = train_tokenizer(read_with_progress(reader), args.output, args.vocab_size, args.model_type,
+                           args.input_sentence_size)
     for file, count in reader.skipped.items():
         print(f"skipped {count} documents with invalid UTF-8 in {file}")
     tokenizer = load_tokenizer(path)
     print(f"wrote {path}: vocab_size={tokenizer.vocab_size} sha256={tokenizer.sha256}")
+
+
+def read_with_progress(reader):
+    """The reader's documents, with a bar over the bytes read on stderr when it is a terminal: reading is most of the
+    time on a large corpus (sentencepiece then trains on its sample of lines, which `--input-sentence-size` bounds)."""
+    from tqdm import tqdm
+
+    total = sum(path.stat().st_size for path in reader.paths)
+    with tqdm(total=total, unit="B", unit_scale=True, desc="read corpus", disable=None) as progress:
+        for document in reader:
+            progress.update(reader.bytes_read - progress.n)
+            yield document
+        progress.update(reader.bytes_read - progress.n)  # the last file's trailing blank lines
 
 
 def info_command(args) -> None:

@@ -1,6 +1,8 @@
 """The `tokenizer` and `data` commands end to end through `launcher.cli.main`."""
 
+import io
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -153,3 +155,22 @@ def test_split_shares_are_checked_before_the_work(bpe_model, tmp_path, capsys, s
     assert exit_.value.code == 2
     assert capsys.readouterr().err.endswith("argument --split: expected three finite, non-negative train,valid,test "
                                             f"shares, not all zero, like 98,1,1; got '{split}'\n")
+
+
+class TerminalStream(io.StringIO):
+    """Stands in for stderr on a terminal, where progress bars are drawn."""
+
+    def isatty(self):
+        return True
+
+
+def test_tokenizer_train_draws_a_reading_bar_on_a_terminal_only(shared_data, tmp_path, capsys, monkeypatch):
+    alice = str(shared_data / "gutenberg/alice_in_wonderland_pg11.txt")
+    train = ["tokenizer", "train", "--input", alice, "--vocab-size", "500", "--input-sentence-size", "2000"]
+    assert main([*train, "--output", str(tmp_path / "piped")]) == 0
+    assert "read corpus" not in capsys.readouterr().err
+    terminal = TerminalStream()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main([*train, "--output", str(tmp_path / "shown")]) == 0
+    assert "read corpus: 100%" in terminal.getvalue()
+    assert capsys.readouterr().out.startswith(f"wrote {tmp_path / 'shown'}.model")
