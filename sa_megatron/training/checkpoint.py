@@ -259,11 +259,13 @@ def _fp32_state_dict(checkpoint: Path, layout: dict, model: torch.nn.Module) -> 
 
     At TP=1, PP=1 under ZeRO 1-3 these are the fp32 master weights, sharded over the data ranks and gathered by
     DeepSpeed's utility. Otherwise they are the module weights merged over tensor ranks and pipeline layers
-    (`checkpoint_merge`): the same numbers in an fp32 run, bf16-rounded ones from a bf16 run. (ZeRO-3 runs only at
-    TP=1, PP=1.)"""
+    (`checkpoint_merge`): the same numbers in an fp32 run, bf16-rounded ones from a bf16 run. So are a bf16 ZeRO-1
+    run's: DeepSpeed trains it with its BF16_Optimizer, whose `bf16_zero_*` files its utility cannot read. (ZeRO-3
+    runs only at TP=1, PP=1.)"""
     tensor_parallel, pipeline_parallel = layout["tensor_parallel"], layout["pipeline_parallel"]
     engine_dir = checkpoint / files.ENGINE_TAG
-    if layout["zero_stage"] == 0 or tensor_parallel * pipeline_parallel > 1:
+    zero_optimizer_files = any(engine_dir.glob("zero_pp_rank_*_optim_states.pt"))
+    if layout["zero_stage"] == 0 or tensor_parallel * pipeline_parallel > 1 or not zero_optimizer_files:
         return merged_module_weights(engine_dir, model, tensor_parallel, pipeline=pipeline_parallel > 1)
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
