@@ -51,6 +51,14 @@ def universal_checkpoint_info(config: ModelConfig, padded_vocab_size: int) -> di
     }
 
 
+def run_showing_progress(command: list) -> subprocess.CompletedProcess:
+    """Run `command` with its output on our stderr when that is a terminal (DeepSpeed's converter names its steps and
+    draws bars over shards and parameters: half a minute at 125M parameters, minutes for billions), else captured."""
+    if sys.stderr.isatty():
+        return subprocess.run(command, stdout=sys.stderr, stderr=sys.stderr)
+    return subprocess.run(command, capture_output=True, text=True)
+
+
 def convert_to_universal(checkpoint: Path) -> Path:
     """Write `checkpoint/universal` (step_N/universal) from its engine files with DeepSpeed's converter; returns it.
 
@@ -59,14 +67,17 @@ def convert_to_universal(checkpoint: Path) -> Path:
 
     final, temp = checkpoint / UNIVERSAL_DIR, checkpoint / f".tmp-{UNIVERSAL_DIR}"
     shutil.rmtree(temp, ignore_errors=True)
-    result = subprocess.run(
-        [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
-         str(checkpoint / files.ENGINE_TAG), "--output_folder", str(temp)],
-        capture_output=True, text=True)
+    # -W: runpy's warning that `-m` finds the converter already imported by its package is noise to a user.
+    result = run_showing_progress(
+        [sys.executable, "-W", "ignore::RuntimeWarning:runpy", "-m", "deepspeed.checkpoint.ds_to_universal",
+         "--input_folder", str(checkpoint / files.ENGINE_TAG), "--output_folder", str(temp)])
     if result.returncode != 0:
         shutil.rmtree(temp, ignore_errors=True)
-        last = (result.stderr.strip().splitlines() or ["no message"])[-1]
-        raise CheckpointError(f"DeepSpeed could not convert {checkpoint} to a universal checkpoint: {last}")
+        if result.stderr is None:  # shown on the terminal
+            why = "its output is above"
+        else:
+            why = (result.stderr.strip().splitlines() or ["no message"])[-1]
+        raise CheckpointError(f"DeepSpeed could not convert {checkpoint} to a universal checkpoint: {why}")
     (checkpoint / "latest_universal").unlink(missing_ok=True)  # the converter's pointer to temp: we load by name
     shutil.rmtree(final, ignore_errors=True)
     files.fsync_tree(temp)

@@ -7,6 +7,8 @@ The resumed steps match an uninterrupted one-process run within rtol 1e-5, the l
 loss by ~1e-2 in these steps).
 """
 import json
+import os
+import pty
 import subprocess
 import sys
 
@@ -15,6 +17,7 @@ import pytest
 
 from sa_megatron.config import from_dict
 from sa_megatron.training.loop import train
+from sa_megatron.training.universal import run_showing_progress
 from tests.training.launch import REPO, child_env, run_ranks
 from tests.training.tiny_run import tiny_config_dict
 
@@ -60,3 +63,14 @@ def test_tp2_pp2_checkpoint_resumes_as_dp2_after_convert(corpus, tmp_path, one_r
 def test_convert_refuses_a_folder_without_checkpoints(tmp_path):
     result = convert(tmp_path)
     assert result.returncode == 2 and "holds no complete checkpoint" in result.stderr.strip().splitlines()[-1]
+
+
+def test_converter_output_is_shown_on_a_terminal_else_captured():
+    converter = [sys.executable, "-c", "import sys; print('*** 1. Extracting ZeRO fragments', file=sys.stderr)"]
+    assert run_showing_progress(converter).stderr.strip() == "*** 1. Extracting ZeRO fragments"
+    terminal, terminal_side = pty.openpty()
+    shown = subprocess.run([sys.executable, "-c", "from sa_megatron.training.universal import run_showing_progress; "
+                            f"assert run_showing_progress({converter!r}).stderr is None"],
+                           cwd=REPO, stderr=terminal_side, timeout=120)
+    os.close(terminal_side)
+    assert shown.returncode == 0 and "*** 1. Extracting ZeRO fragments" in os.read(terminal, 4096).decode()
