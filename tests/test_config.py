@@ -243,3 +243,27 @@ def test_config_show_checks_a_world_size(capsys):
     assert "global_batch_size: 256" in capsys.readouterr().out
     assert main(["config", "show", str(CONFIGS / "models" / "125M.yaml"), "--world-size", "3"]) == 2
     assert "must be divisible by micro_batch_size × data_parallel = 4 × 3" in capsys.readouterr().err
+
+
+def test_config_show_gives_the_vocabulary_of_the_tokenizer_in_use(tmp_path, capsys):
+    from sa_megatron.data.corpus import CorpusReader
+    from sa_megatron.data.tokenizer import train_tokenizer
+    from tests.training.tiny_run import corpus_text
+
+    text = tmp_path / "corpus.txt"
+    text.write_text(corpus_text(), encoding="utf-8")
+    tokenizer = train_tokenizer(CorpusReader([text], doc_boundary="blank-line"), tmp_path / "spm", vocab_size=400)
+    show = ["config", "show", "--set", f"tokenizer.model={tokenizer}", "--set", "parallel.tensor_parallel=2"]
+    assert main(show) == 0
+    out = capsys.readouterr().out
+    assert yaml.safe_load(out)["model"]["vocab_size"] == 400  # what train uses, not null
+    assert ("  vocab_size: 400  # tokenizer.model has 400 pieces; the embedding pads it to 512 rows (a multiple of "
+            "make_vocab_size_divisible_by 128 × tensor_parallel 2)\n") in out
+    assert ("  vocab_size: 8000  # not the model's: sizes a tokenizer trained from this config (make demo); "
+            "tokenizer.model has 400 pieces\n") in out
+
+    assert main(show + ["--set", "model.vocab_size=300"]) == 2  # refused as train refuses it, in one line
+    (error,) = capsys.readouterr().err.splitlines()
+    assert "model.vocab_size (300) is smaller than the vocabulary of tokenizer" in error
+    assert main(["config", "show", "--set", f"tokenizer.model={tmp_path / 'missing.model'}"]) == 2
+    assert "missing.model: no such tokenizer file" in capsys.readouterr().err

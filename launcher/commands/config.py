@@ -1,6 +1,7 @@
 """`sa-megatron config show|fields`: print the resolved config, or document every field."""
 
 import dataclasses
+import re
 import typing
 
 import yaml
@@ -20,7 +21,8 @@ def add_config_arguments(parser) -> None:
 def register(subparsers) -> None:
     parser = subparsers.add_parser("config", help="inspect configs")
     actions = parser.add_subparsers(dest="action", required=True)
-    show = actions.add_parser("show", help="print the resolved config as YAML, after the same checks as train")
+    show = actions.add_parser("show", help="print the resolved config as YAML, after the same checks as train (with "
+                                           "tokenizer.model set: the model's vocabulary from it, and its padding)")
     add_config_arguments(show)
     show.add_argument("--world-size", type=positive_int, metavar="N",
                       help="also check the layout and batch rules for N ranks (torchrun's nproc × nodes)")
@@ -36,7 +38,42 @@ def show_config(args) -> None:
     config = load_config(args.configs, args.overrides)
     if args.world_size is not None:
         validate(config, args.world_size)
-    print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
+    comments = {}
+    if config.tokenizer.model:
+        config, comments = effective_vocab(config)
+    print(commented_yaml(to_dict(config), comments), end="")
+
+
+def commented_yaml(sections: dict, comments: dict) -> str:
+    """The config as YAML, with a comment after each `comments[section][key]` line (one section at a time, so a key
+    is found in its own section)."""
+    text = ""
+    for section, values in sections.items():
+        part = yaml.safe_dump({section: values}, sort_keys=False)
+        for key, comment in comments.get(section, {}).items():
+            part = re.sub(rf"^  {key}: .*$", lambda line: f"{line[0]}  # {comment}", part, count=1, flags=re.M)
+        text += part
+    return text
+
+
+def effective_vocab(config):
+    """The config with model.vocab_size resolved from tokenizer.model as `train` does (and refused as it would be),
+    and per section the comments that say so: the tokenizer's real size and the padded embedding size. The
+    tokenizer section's vocab_size only sizes a tokenizer trained from the config, which a reader could take for
+    the model's."""
+    from sa_megatron.data import load_tokenizer
+    from sa_megatron.training.preflight import resolve_vocab
+
+    tokenizer = load_tokenizer(config.tokenizer.model)
+    resolved, padded = resolve_vocab(config, tokenizer)
+    pieces = f"tokenizer.model has {tokenizer.vocab_size} pieces"
+    source = pieces if config.model.vocab_size is None else f"as set; {pieces}"
+    padding = (f"the embedding pads it to {padded} rows (a multiple of make_vocab_size_divisible_by "
+               f"{config.model.make_vocab_size_divisible_by} × tensor_parallel {config.parallel.tensor_parallel})")
+    return resolved, {
+        "model": {"vocab_size": f"{source}; {padding}"},
+        "tokenizer": {"vocab_size": f"not the model's: sizes a tokenizer trained from this config (make demo); {pieces}"},
+    }
 
 
 def list_fields(args) -> None:
