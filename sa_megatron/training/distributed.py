@@ -2,6 +2,7 @@
 
 import os
 import socket
+import sys
 from datetime import timedelta
 from typing import Optional
 
@@ -42,6 +43,7 @@ def init_distributed(backend_choice: str, socket_ifname: Optional[str] = None, t
                           MASTER_PORT=str(free_port()))
     if socket_ifname:  # the config names the interfaces: it wins over the environment
         os.environ["GLOO_SOCKET_IFNAME"] = os.environ["NCCL_SOCKET_IFNAME"] = socket_ifname
+    _prefer_this_environments_tools()
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
@@ -52,6 +54,15 @@ def init_distributed(backend_choice: str, socket_ifname: Optional[str] = None, t
     store = _rendezvous(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), rank, world, timeout_s)
     dist.init_process_group(backend, store=dist.PrefixStore("process_group", store), rank=rank, world_size=world)
     deepspeed.init_distributed(dist_backend=backend, verbose=False)
+
+
+def _prefer_this_environments_tools() -> None:
+    """Put the interpreter's bin/ first on PATH, as an activated venv does. DeepSpeed JIT-loads its CPU op with the
+    first `ninja` on PATH, and a system ninja of another version reads the cached build log as stale and recompiles
+    the op (80-100 s) whenever runs alternate between an activated shell and a bare `.venv/bin/python`."""
+    bin_dir = os.path.dirname(sys.executable)
+    if os.environ.get("PATH", "").split(os.pathsep)[0] != bin_dir:
+        os.environ["PATH"] = os.pathsep.join([bin_dir, os.environ.get("PATH", "")])
 
 
 def _rendezvous(addr: str, port: int, rank: int, world: int, timeout_s: float) -> "dist.Store":
