@@ -94,7 +94,7 @@ def trainer_tokens_per_sec(raw: dict, work: Path, warmup: int) -> float:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     tensorboard = work / "tb"
-    raw = {**raw, "logging": {**raw["logging"], "tensorboard_dir": str(tensorboard)}}
+    raw = {**raw, "logging": {**raw["logging"], "tensorboard_dir": str(tensorboard), "run_name": "trainer"}}
     (work / "run.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
     env = {name: value for name, value in os.environ.items() if name not in TORCHRUN_VARS}
     env["OMP_NUM_THREADS"] = str(torch.get_num_threads())  # the same thread count as the plain loop here
@@ -103,7 +103,7 @@ def trainer_tokens_per_sec(raw: dict, work: Path, warmup: int) -> float:
                           env=env, capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"sa-megatron train failed:\n{done.stdout[-2000:]}{done.stderr[-4000:]}")
-    events = EventAccumulator(str(tensorboard), size_guidance={"scalars": 0})
+    events = EventAccumulator(str(tensorboard / "trainer"), size_guidance={"scalars": 0})
     events.Reload()
     # Every step has the same token count, so the median step's rate is the median rate.
     return statistics.median(e.value for e in events.Scalars("train/tokens_per_sec") if e.step > warmup)

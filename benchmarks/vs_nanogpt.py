@@ -78,7 +78,7 @@ def run_ours(tokenizer: Path, prefix: str, attention: str, iters: int) -> list[f
         "model.seq_length": SEQ, "model.position_encoding": "learned", "model.bias": "false",
         "model.attention": attention, "training.micro_batch_size": BATCH, "training.global_batch_size": BATCH,
         "training.train_iters": iters, "training.eval_interval": 0, "logging.log_interval": 10,
-        "logging.attention_stats": "false", "logging.tensorboard_dir": "null", "checkpoint.save_dir": "null",
+        "logging.attention_stats": "false", "logging.tensorboard": "false", "checkpoint.save_dir": "null",
     }
     args = [sys.executable, "-m", "launcher.cli", "train", str(REPO / "configs" / "runs" / "demo.yaml")]
     for key, value in settings.items():

@@ -159,7 +159,7 @@ def demo(args) -> None:
     length, results = config.model.seq_length, work / "eval.json"
     lengths = f"{length},{2 * length},{4 * length}"
     run_unless_current(results, checkpoints, "eval", "--load", str(checkpoints), "--data", str(valid_prefix),
-                       "--lengths", lengths, "--tensorboard-dir", str(tensorboard / "eval"), "--output", str(results))
+                       "--lengths", lengths, "--tensorboard-dir", str(tensorboard), "--output", str(results))
     run_unless_current(work / "generate.log", checkpoints, "generate", "--load", str(checkpoints), "--prompt", "ROMEO:",
                        "--max-new-tokens", "80", "--seed", "0", stdout_copy=True)
     tensorboard_cli = Path(sys.executable).parent / "tensorboard"

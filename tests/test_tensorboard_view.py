@@ -1,5 +1,6 @@
 """TensorBoard as a person sees it: a headless Chromium (Debian's `chromium`) opens the scalars dashboard of a finished
-tiny run, the page must show the run's train/loss chart drawn, and the screenshot is kept (README's picture comes from it:
+tiny run, the page must show the run's train/loss chart drawn, and the default page must list the run by its name and
+open on its train/ and valid/ groups. The screenshot is kept (README's picture comes from it:
 `SA_MEGATRON_SCREENSHOT=docs/tensorboard-scalars.png pytest tests/test_tensorboard_view.py`).
 
 Chromium is driven over its DevTools pipe (fds 3 and 4, NUL-separated JSON): the dashboard is Polymer, its text
@@ -42,6 +43,24 @@ SHOWS_LOSS_CHART = r"""new Promise(resolve => {
   const start = Date.now();
   const tick = () => { const seen = look();
     if ((seen.loss_tag && seen.drawn_on_top === 4) || Date.now() - start > 45000) resolve(JSON.stringify(seen));
+    else setTimeout(tick, 500); };
+  tick(); })"""
+
+
+# The Time Series dashboard (TensorBoard's default page): its tag groups in order, whether each is open (shows its
+# cards), and the runs listed; resolves once the groups and runs are there, or after 45 s with what it saw.
+SHOWS_GROUPS_AND_RUNS = r"""new Promise(resolve => {
+  const deep = (root, out) => { for (const el of root.querySelectorAll('*')) { out.push(el);
+    if (el.shadowRoot) deep(el.shadowRoot, out); } return out; };
+  const look = () => { const els = deep(document, []);
+    const groups = els.filter(e => (e.className || '').toString().split(' ').includes('card-group')).map(g => {
+      const title = deep(g, []).find(e => (e.className || '').toString().split(' ').includes('group-title'));
+      return [title ? title.textContent.trim() : '', deep(g, []).some(e => e.tagName === 'CARD-VIEW')]; });
+    const runs = els.filter(e => e.tagName === 'TB-DATA-TABLE-CONTENT-ROW').map(e => e.textContent.trim());
+    return {groups, runs}; };
+  const start = Date.now();
+  const tick = () => { const seen = look();
+    if ((seen.groups.length >= 5 && seen.runs.length) || Date.now() - start > 45000) resolve(JSON.stringify(seen));
     else setTimeout(tick, 500); };
   tick(); })"""
 
@@ -107,33 +126,40 @@ def serve_tensorboard(logdir: Path, port: int) -> subprocess.Popen:
     raise AssertionError(f"TensorBoard served no train/loss within 60 s: {board.communicate()[1][-3000:]}")
 
 
+def evaluate_on_page(browser: DevTools, url: str, expression: str) -> tuple[dict, str]:
+    """Open `url` in a new tab and run `expression` there (a Promise of JSON): (its value, the tab's session)."""
+    target = browser.call("Target.createTarget", url=url)["targetId"]
+    session = browser.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+    for _ in range(30):  # the first tries may land while the page replaces about:blank
+        try:
+            return json.loads(browser.call("Runtime.evaluate", session, expression=expression, awaitPromise=True,
+                                           returnByValue=True)["result"]["value"]), session
+        except RuntimeError:
+            time.sleep(1)
+    raise AssertionError(f"could not evaluate on {url}")
+
+
 def test_scalars_dashboard_shows_the_loss_chart(tmp_path):
+    """A run with only a save_dir (tiny-sa): its logs are in tiny-sa/tensorboard/tiny-sa, TensorBoard lists the run as
+    tiny-sa and opens on its train/ and valid/ groups, the diagnostics after them, closed."""
     assert CHROMIUM, "chromium is not installed (apt-get install chromium)"
     tokenizer, prefix = make_corpus(tmp_path)
-    tensorboard_dir = tmp_path / "tensorboard"
-    raw = tiny_config_dict(tokenizer, prefix, training={"train_iters": 12},
-                           logging={"log_interval": 1, "tensorboard_dir": str(tensorboard_dir)})
+    raw = tiny_config_dict(tokenizer, prefix, training={"train_iters": 12, "eval_interval": 6, "eval_iters": 1},
+                           checkpoint={"save_dir": str(tmp_path / "tiny-sa"), "save_interval": 0},
+                           logging={"log_interval": 1})
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(raw))
     subprocess.run([sys.executable, "-m", "launcher.cli", "train", str(tmp_path / "run.yaml")], cwd=REPO,
                    env=child_env(), check=True, capture_output=True, timeout=300)
 
     port = free_port()
-    board = serve_tensorboard(tensorboard_dir, port)
+    board = serve_tensorboard(tmp_path / "tiny-sa" / "tensorboard", port)
     browser = DevTools()
     try:
-        target = browser.call("Target.createTarget",
-                              url=f"http://127.0.0.1:{port}/#scalars&tagFilter=%5Etrain%2F")["targetId"]
-        session = browser.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
-        for _ in range(30):  # the first tries may land while the page replaces about:blank
-            try:
-                seen = browser.call("Runtime.evaluate", session, expression=SHOWS_LOSS_CHART, awaitPromise=True,
-                                    returnByValue=True)["result"]["value"]
-                break
-            except RuntimeError:
-                time.sleep(1)
-        seen = json.loads(seen)
+        seen, session = evaluate_on_page(browser, f"http://127.0.0.1:{port}/#scalars&tagFilter=%5Etrain%2F",
+                                         SHOWS_LOSS_CHART)
         time.sleep(1)  # the last chart's animation
         png = base64.b64decode(browser.call("Page.captureScreenshot", session, format="png")["data"])
+        default_page, _ = evaluate_on_page(browser, f"http://127.0.0.1:{port}/#timeseries", SHOWS_GROUPS_AND_RUNS)
     finally:
         browser.close()
         board.kill()
@@ -141,5 +167,9 @@ def test_scalars_dashboard_shows_the_loss_chart(tmp_path):
     (tmp_path / "tensorboard-scalars.png").write_bytes(png)
     if os.environ.get("SA_MEGATRON_SCREENSHOT"):
         Path(os.environ["SA_MEGATRON_SCREENSHOT"]).write_bytes(png)
-    assert seen["loss_tag"] and seen["drawn_on_top"] == 4, seen  # train/grad_norm, loss, lr, ppl
+    assert seen["loss_tag"] and seen["drawn_on_top"] == 4, seen  # the first four train/ charts
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000, len(png)
+    groups = [group for group in default_page["groups"] if group[0] != "Pinned"]
+    assert groups == [["train", True], ["valid", True], ["x_attention", False], ["x_grad_norm", False],
+                      ["x_memory", False]], default_page
+    assert [run for run in default_page["runs"] if "tiny-sa" in run] and len(default_page["runs"]) == 1, default_page

@@ -18,7 +18,9 @@ def register(subparsers) -> None:
     parser.add_argument("--max-windows", type=positive_int, default=None, metavar="N", help="at most N windows per length")
     parser.add_argument("--batch-size", type=positive_int, default=1, help="windows per forward pass")
     parser.add_argument("--output", metavar="FILE", help="write the results as JSON")
-    parser.add_argument("--tensorboard-dir", metavar="DIR", help="write valid_length/ppl_at_{L} scalars here")
+    parser.add_argument("--tensorboard-dir", metavar="LOGDIR",
+                        help="write valid_length/ppl_at_{L} scalars into LOGDIR/<the run's logging.run_name>: the "
+                             "training run's own TensorBoard folder when LOGDIR is its logdir")
     parser.set_defaults(handler=run_eval)
 
 
@@ -51,9 +53,10 @@ def run_eval(args) -> None:
     if args.tensorboard_dir:
         from torch.utils.tensorboard import SummaryWriter
 
+        from sa_megatron.config import run_name
         from sa_megatron.training.metrics import LENGTH_PREFIX
 
-        with SummaryWriter(log_dir=args.tensorboard_dir) as writer:
+        with SummaryWriter(log_dir=os.path.join(args.tensorboard_dir, run_name(loaded.config))) as writer:
             for r in results:
                 writer.add_scalar(f"{LENGTH_PREFIX}ppl_at_{r.length}", r.ppl, global_step=0)
                 # The same numbers as one curve over length (x axis = tokens of context).

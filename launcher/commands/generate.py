@@ -8,6 +8,9 @@ from launcher.commands.arguments import positive_int, rng_seed, utf8_text
 def register(subparsers) -> None:
     parser = subparsers.add_parser("generate", help="sample text from a checkpoint")
     parser.add_argument("--load", required=True, metavar="DIR", help="checkpoint directory written by training")
+    parser.add_argument("--tokenizer", metavar="MODEL",
+                        help="the sentencepiece .model to use instead of the copy kept with the checkpoint (for "
+                             "checkpoints without one); refused unless it is the one trained with (sha256)")
     parser.add_argument("--prompt", type=utf8_text, default="", help="text to continue (empty = start a new document)")
     parser.add_argument("--max-new-tokens", type=positive_int, default=100,
                         help="at most this many, and at most what the context leaves after the prompt")
@@ -30,7 +33,7 @@ def run_generate(args) -> None:
 
     loaded = load_for_inference(args.load)
     generation = generate(
-        loaded.model, checkpoint_tokenizer(loaded), args.prompt,
+        loaded.model, checkpoint_tokenizer(loaded, args.tokenizer), args.prompt,
         context=generation_context(loaded.config.model, args.max_context), max_new_tokens=args.max_new_tokens,
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
     )

@@ -69,7 +69,7 @@ def register(subparsers) -> None:
 def run_submit(args) -> int:
     import yaml
 
-    from sa_megatron.config import load_config, to_dict, validate
+    from sa_megatron.config import load_config, tensorboard_logdir, to_dict, validate
     from sa_megatron.errors import UserInputError
 
     config = load_config(args.configs, args.overrides)
@@ -89,7 +89,7 @@ def run_submit(args) -> int:
     run_dir = Path(run_dir).resolve()
     if config.checkpoint.save_dir is None:
         config.checkpoint.save_dir = str(run_dir / "checkpoints")
-    if config.logging.tensorboard_dir is None:
+    if config.logging.tensorboard and config.logging.tensorboard_dir is None:
         config.logging.tensorboard_dir = str(run_dir / "tensorboard")
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path, script_path = run_dir / "config.yaml", run_dir / "train.sbatch"
@@ -98,7 +98,8 @@ def run_submit(args) -> int:
     script_path.write_text(render_script(args, tasks_per_node, log_pattern))
 
     command = ["sbatch", "--parsable", *args.sbatch_args, str(script_path), str(config_path)]
-    tensorboard = shlex.join(["tensorboard", "--logdir", config.logging.tensorboard_dir])
+    logdir = tensorboard_logdir(config)
+    tensorboard = shlex.join(["tensorboard", "--logdir", logdir]) if logdir else "off (logging.tensorboard is false)"
     print(f"run folder: {run_dir}  (config.yaml, train.sbatch)")
     print(f"layout: {args.nodes} node(s) × {tasks_per_node} rank(s) = {args.nodes * tasks_per_node} ranks, "
           f"tensor_parallel={config.parallel.tensor_parallel} pipeline_parallel={config.parallel.pipeline_parallel}")

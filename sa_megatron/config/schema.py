@@ -153,7 +153,13 @@ class CheckpointConfig:
 @dataclass
 class LoggingConfig:
     log_interval: int = doc(10, "Steps between console lines and TensorBoard scalars.", valid=COUNT)
-    tensorboard_dir: Optional[str] = doc(None, "TensorBoard event directory; null disables.")
+    tensorboard: bool = doc(True, "Write TensorBoard logs (to tensorboard_dir/run_name); false disables them.")
+    tensorboard_dir: Optional[str] = doc(
+        None, "TensorBoard logdir (what `tensorboard --logdir` opens; runs are its subfolders); "
+              "null = checkpoint.save_dir/tensorboard, and no logs when save_dir is null too.")
+    run_name: Optional[str] = doc(
+        None, "The run's name in TensorBoard, a folder name: events go to tensorboard_dir/run_name; "
+              "null = the name of checkpoint.save_dir's folder (ckpt/125M -> 125M), else 'run'.")
     peak_tflops_per_device: float = doc(0.0, "Peak dense TFLOP/s of one device for MFU (e.g. 989 for H100 bf16); 0 = MFU not reported.", valid=Range(0, 1e6))
     attention_stats: bool = doc(True, "Log per-layer q/k gradient norms and mean attention row mass.")
 

@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+import os
 from typing import Optional
 
 from sa_megatron.config.schema import Config
@@ -90,6 +91,10 @@ def validate(config: Config, world_size: Optional[int] = None) -> None:
     parse_split(config.data.split)
     if config.optimizer.min_lr > config.optimizer.lr:
         raise ConfigError(f"optimizer.min_lr ({config.optimizer.min_lr}) exceeds optimizer.lr ({config.optimizer.lr})")
+    name = config.logging.run_name
+    if name is not None and (name in ("", ".", "..") or "/" in name or os.sep in name):
+        raise ConfigError(f"logging.run_name {name!r} must be one folder name (no '/', not '.' or '..'): the run's "
+                          "TensorBoard events go to tensorboard_dir/run_name")
     if world_size is not None:
         dp = data_parallel_size(config, world_size)
         if t.global_batch_size % (t.micro_batch_size * dp):

@@ -81,7 +81,7 @@ def plan(study: Study, runs: list[RunSpec], data_settings: dict) -> list[Planned
     for run in runs:
         run_dir = study.study_dir / "runs" / run.name
         paths = {**data_settings, "checkpoint.save_dir": str(run_dir / "checkpoints"),
-                 "logging.tensorboard_dir": str(study.study_dir / "tensorboard" / run.name)}
+                 "logging.tensorboard_dir": str(study.study_dir / "tensorboard"), "logging.run_name": run.name}
         planned.append(PlannedRun(run, study.run_config(run, paths), run_dir))
     return planned
 

@@ -36,7 +36,7 @@ TOP_LEVEL = ("name", "configs", "config", "grid", "corpus", "eval", "study_dir")
 CORPUS_KEYS = ("train", "held_out", "vocab_size", "dir")
 EVAL_KEYS = ("data", "multiples", "score_last", "eval_tokens")
 # The study sets these per run; a grid over them would break its layout.
-RESERVED = ("checkpoint.save_dir", "logging.tensorboard_dir", "data.paths", "tokenizer.model")
+RESERVED = ("checkpoint.save_dir", "logging.tensorboard_dir", "logging.run_name", "data.paths", "tokenizer.model")
 
 
 @dataclass

@@ -10,6 +10,7 @@ would silently train something else.
 import contextlib
 import io
 import logging
+import os
 import subprocess
 from pathlib import Path
 from typing import NamedTuple, Optional
@@ -202,10 +203,17 @@ def _set_aside(checkpoint: Path, reason: str) -> None:
                        checkpoint, reason, aside.name)
 
 
+def store_tokenizer(save_dir, tokenizer) -> None:
+    """Rank 0 keeps a copy of the run's tokenizer in save_dir (`checkpoint_files.store_tokenizer`)."""
+    if dist.get_rank() == 0:
+        files.store_tokenizer(Path(save_dir), Path(tokenizer.source), tokenizer.sha256)
+
+
 class Inference(NamedTuple):
     model: torch.nn.Module  # eval mode, fp32 weights
     config: Config
     tokenizer_sha256: str  # of the tokenizer the checkpoint was trained with
+    checkpoint: Path  # the step_N directory loaded
 
 
 def load_for_inference(load_dir, device=None) -> Inference:
@@ -228,20 +236,55 @@ def load_for_inference(load_dir, device=None) -> Inference:
         raise CheckpointError(f"checkpoint {checkpoint} could not be loaded ({type(err).__name__}: {detail}); "
                               "pass --load SAVE_DIR/step_N to use an earlier one") from None
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return Inference(model.float().eval().to(device), config, tokenizer_sha256)
+    return Inference(model.float().eval().to(device), config, tokenizer_sha256, checkpoint)
 
 
-def checkpoint_tokenizer(loaded: Inference):
-    """The tokenizer at the checkpoint's `tokenizer.model` path, refused if it is not the one trained with."""
+def checkpoint_tokenizer(loaded: Inference, override=None):
+    """The tokenizer the checkpoint was trained with: `override` (a path, generate's --tokenizer) when given, else
+    the copy in its save_dir, else (checkpoints from before that copy) the recorded tokenizer.model path. Whichever it
+    is, it is refused unless its sha256 is the one the checkpoint recorded."""
     from sa_megatron.data import load_tokenizer
 
-    tokenizer = load_tokenizer(loaded.config.tokenizer.model)
+    path = Path(override) if override else _stored_tokenizer(loaded)
+    tokenizer = load_tokenizer(path)
     if tokenizer.sha256 != loaded.tokenizer_sha256:
+        fix = "pass the .model it was trained with" if override else "pass --tokenizer MODEL, the one trained with"
         raise CheckpointError(
-            f"tokenizer {loaded.config.tokenizer.model} is not the one this checkpoint was trained with "
-            "(its sha256 differs); restore the original file"
+            f"tokenizer {path} is not the one checkpoint {loaded.checkpoint} was trained with (sha256 "
+            f"{tokenizer.sha256[:12]}…, not {loaded.tokenizer_sha256[:12]}…); {fix}"
         )
     return tokenizer
+
+
+def _stored_tokenizer(loaded: Inference) -> Path:
+    copy = loaded.checkpoint.parent / files.TOKENIZER
+    if copy.is_file():
+        return copy
+    recorded = loaded.config.tokenizer.model
+    candidates = _recorded_tokenizer_paths(recorded, loaded.config.checkpoint.save_dir, loaded.checkpoint.parent)
+    found = next((path for path in candidates if path.is_file()), None)
+    if found is None:
+        raise CheckpointError(
+            f"{loaded.checkpoint.parent} holds no {files.TOKENIZER} (older runs kept no copy) and its recorded "
+            f"tokenizer.model {recorded} is not at {' or '.join(map(str, candidates))}; pass --tokenizer MODEL"
+        )
+    return found
+
+
+def _recorded_tokenizer_paths(recorded: str, recorded_save_dir: Optional[str], save_dir: Path) -> list[Path]:
+    """Where an old checkpoint's tokenizer path may point. A relative one was relative to the directory training ran
+    in: when the recorded save_dir was relative too, that directory is what precedes it in the save_dir's real path
+    (save_dir /home/u/proj/ckpt/125M recorded as ckpt/125M: training ran in /home/u/proj). Then this directory."""
+    recorded_path = Path(recorded)
+    if recorded_path.is_absolute():
+        return [recorded_path]
+    candidates = []
+    if recorded_save_dir and not Path(recorded_save_dir).is_absolute():
+        tail, real = Path(os.path.normpath(recorded_save_dir)).parts, Path(os.path.abspath(save_dir)).parts
+        if ".." not in tail and real[len(real) - len(tail):] == tail:
+            candidates.append(Path(*real[:len(real) - len(tail)]) / recorded_path)
+    here = Path(os.path.abspath(recorded_path))
+    return candidates + ([here] if here not in candidates else [])
 
 
 def complete_checkpoint(load_dir: Path) -> Path:

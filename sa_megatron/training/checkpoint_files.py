@@ -2,6 +2,8 @@
 
     save_dir/
       latest                 "step_N" of the newest complete checkpoint (for people and tools)
+      tokenizer.model        a copy of the run's tokenizer (its sha256 is in every metadata.json), so `eval` and
+                             `generate` need no path from the machine or directory the run started in
       step_N/
         engine/              DeepSpeed's files (engine.save_checkpoint, tag "engine")
         rng/rank_R.json      every random generator's state, one file per rank
@@ -12,6 +14,7 @@
       damaged-step_N.T/      a step_N that resume could not use, set aside (at unix time T) rather than deleted
 """
 
+import hashlib
 import json
 import os
 import re
@@ -20,7 +23,10 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from sa_megatron.errors import CheckpointError
+
 ENGINE_TAG = "engine"
+TOKENIZER = "tokenizer.model"
 METADATA = "metadata.json"
 MARKER = "COMPLETE"
 LATEST = "latest"
@@ -72,8 +78,12 @@ def read_json(path: Path):
 
 
 def write_json_durably(path: Path, data) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f)
+    write_bytes_durably(path, json.dumps(data).encode("utf-8"))
+
+
+def write_bytes_durably(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
 
@@ -109,6 +119,21 @@ def publish(temp: Path, final: Path) -> None:
     _fsync_path(pointer, os.O_RDONLY)
     os.replace(pointer, final.parent / LATEST)
     fsync_dir(final.parent)
+
+
+def store_tokenizer(save_dir: Path, source: Path, sha256: str) -> None:
+    """Copy the tokenizer at `source` (whose sha256 the run computed when it loaded it) to save_dir/tokenizer.model,
+    atomically, unless that copy is already this tokenizer. Refuses a source changed since it was loaded."""
+    copy = save_dir / TOKENIZER
+    if copy.is_file() and hashlib.sha256(copy.read_bytes()).hexdigest() == sha256:
+        return
+    data = source.read_bytes()
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise CheckpointError(f"tokenizer {source} changed while the run was starting; start it again")
+    temp = save_dir / f".{TOKENIZER}.tmp"
+    write_bytes_durably(temp, data)
+    os.replace(temp, copy)
+    fsync_dir(save_dir)
 
 
 def remove_unfinished_saves(save_dir: Path) -> None:

@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from sa_megatron.config import Config, to_dict
+from sa_megatron.config import Config, to_dict, with_logging_resolved
 from sa_megatron.parallel import rng_tracker, topology
 from sa_megatron.training import checkpoint
 from sa_megatron.training.batches import build_datasets, micro_batches
@@ -64,6 +64,7 @@ def _train(config: Config, stop: StopRequest) -> TrainResult:
     check_run_config(config, world_size_from_env())
     tokenizer = load_tokenizer(config.tokenizer.model)
     config, padded_vocab = resolve_vocab(config, tokenizer)
+    config = with_logging_resolved(config)  # checkpoints record where the run's TensorBoard logs went
     init_distributed(config.parallel.backend, config.parallel.socket_ifname, config.parallel.init_timeout_s)
     p = config.parallel
     topology.init_topology(p.tensor_parallel, p.pipeline_parallel, p.sequence_parallel)
@@ -81,6 +82,8 @@ def _train(config: Config, stop: StopRequest) -> TrainResult:
     seed_everything(stage_seed)
     rng_tracker.seed_tensor_parallel_stream(stage_seed)
     resumed = checkpoint.resume_latest(engine, save_dir, identity) if save_dir else None
+    if save_dir:  # after resume_latest, which refuses a save_dir of another tokenizer
+        checkpoint.store_tokenizer(save_dir, tokenizer)
     start = resumed["iteration"] if resumed else 0
     result = TrainResult(iteration=start, consumed_samples=start * config.training.global_batch_size,
                          resumed_from=start if resumed else None)

@@ -12,12 +12,13 @@ those come first and open; the per-layer diagnostics and memory groups start wit
 """
 
 import math
+import shlex
 from typing import Optional
 
 import torch
 import yaml
 
-from sa_megatron.config import Config
+from sa_megatron.config import Config, run_name, tensorboard_logdir, tensorboard_run_dir
 
 
 def perplexity(loss: float) -> float:
@@ -64,7 +65,8 @@ def attention_scalars(attention_stats: dict) -> dict:
 
 
 class MetricsLogger:
-    """Writes train/eval scalars to TensorBoard (when `logging.tensorboard_dir` is set) and prints progress.
+    """Writes train/valid scalars to TensorBoard (into `tensorboard_run_dir(config)`, a folder named after the run,
+    unless logging is off) and prints progress.
 
     `num_devices` is the world size; `tokens` passed to `log_train` counts tokens over all devices since the
     previous call, and `elapsed_s` is the wall time those steps took. `start_iter` is the step a resumed run
@@ -81,10 +83,13 @@ class MetricsLogger:
         self._timed_steps = 0
         self._timed_seconds = 0.0
         self.writer = None
-        if config.logging.tensorboard_dir:
+        run_dir = tensorboard_run_dir(config)
+        if run_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=config.logging.tensorboard_dir)
+            self.writer = SummaryWriter(log_dir=str(run_dir))
+            print(f"TensorBoard: run {run_name(config)} logs to {run_dir}; view it with "
+                  f"{shlex.join(['tensorboard', '--logdir', tensorboard_logdir(config)])}", flush=True)
 
     def log_config(self, config_dict: dict) -> None:
         """The resolved config as a YAML code block in TensorBoard's Text tab."""

@@ -5,8 +5,10 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -199,16 +201,27 @@ def test_bad_sampling_options_are_user_errors(rope_model):
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     """(checkpoint dir, dataset prefix) of a tiny run trained by `sa-megatron train` in a subprocess, so the
-    process group it creates does not leak into this test process."""
+    process group it creates does not leak into this test process. It runs in its own folder with the paths relative
+    to it, as the README's commands are written (its output goes to train.log there); the tests run elsewhere."""
     work = tmp_path_factory.mktemp("run")
     tokenizer, prefix = make_corpus(work)
-    save_dir = work / "checkpoints"
-    config = tiny_config_dict(tokenizer, prefix, checkpoint={"save_dir": str(save_dir), "save_interval": 0})
+    config = tiny_config_dict(tokenizer.name, Path(prefix).name, checkpoint={"save_dir": "tiny-sa", "save_interval": 0})
     (work / "run.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
-    done = subprocess.run([sys.executable, "-m", "launcher.cli", "train", str(work / "run.yaml")], env=child_env(),
+    done = subprocess.run([sys.executable, "-m", "launcher.cli", "train", "run.yaml"], cwd=work, env=child_env(),
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
-    return str(save_dir), prefix
+    (work / "train.log").write_text(done.stdout)
+    return str(work / "tiny-sa"), prefix
+
+
+def test_training_logs_to_tensorboard_under_its_save_dir_as_a_run_named_after_it(trained_run):
+    save_dir, _ = trained_run
+    events = EventAccumulator(str(Path(save_dir) / "tensorboard" / "tiny-sa"))
+    events.Reload()
+    assert {"train/loss", "train/lr", "train/tokens_per_sec"} <= set(events.Tags()["scalars"])
+    log = (Path(save_dir).parent / "train.log").read_text()
+    assert "TensorBoard: run tiny-sa logs to tiny-sa/tensorboard/tiny-sa; view it with tensorboard --logdir " \
+           "tiny-sa/tensorboard" in log
 
 
 def test_cli_eval_writes_json_tensorboard_and_table(trained_run, tmp_path, capsys):
@@ -224,7 +237,7 @@ def test_cli_eval_writes_json_tensorboard_and_table(trained_run, tmp_path, capsy
     table = capsys.readouterr().out.splitlines()
     assert table[0].split() == ["length", "windows", "tokens", "nll", "ppl"] and len(table) == 4
 
-    events = EventAccumulator(str(tensorboard))
+    events = EventAccumulator(str(tensorboard / "tiny-sa"))  # the run's name in TensorBoard, as in training
     events.Reload()
     for r in results:
         (event,) = events.Scalars(f"valid_length/ppl_at_{r['length']}")
@@ -275,6 +288,48 @@ def test_cli_generate_is_deterministic_when_greedy(trained_run, capsys):
     assert outputs[0] == outputs[1] and outputs[0].startswith("First Citizen:")
     assert main(args + ["--temperature", "0.9", "--top-k", "20", "--top-p", "0.9", "--seed", "3"]) == 0
     assert capsys.readouterr().out.startswith("First Citizen:")
+
+
+def test_generate_runs_from_another_directory_with_the_tokenizer_kept_in_the_save_dir(trained_run, other_tokenizer,
+                                                                                        tmp_path, monkeypatch, capsys):
+    save_dir, _ = trained_run  # trained with tokenizer.model=tok.model, relative to the folder it ran in
+    trained_with = Path(save_dir).parent / "tok.model"
+    assert (Path(save_dir) / "tokenizer.model").read_bytes() == trained_with.read_bytes()
+    monkeypatch.chdir(tmp_path)
+    args = ["generate", "--load", save_dir, "--prompt", "First Citizen:", "--max-new-tokens", "6", "--temperature", "0"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("First Citizen:") and len(text) > len("First Citizen:\n")
+
+    # --tokenizer overrides the copy; one that is not the tokenizer trained with is refused in one line.
+    assert main(args + ["--tokenizer", str(trained_with)]) == 0 and capsys.readouterr().out == text
+    assert main(args + ["--tokenizer", str(other_tokenizer)]) == 2
+    (error,) = capsys.readouterr().err.splitlines()
+    assert error.startswith(f"sa-megatron generate: error: tokenizer {other_tokenizer} is not the one checkpoint "
+                            f"{save_dir}/step_4 was trained with (sha256 ")
+
+
+def test_generate_finds_the_recorded_tokenizer_of_a_checkpoint_without_a_copy(trained_run, tmp_path, monkeypatch,
+                                                                              capsys):
+    """Checkpoints from before the copy: their relative tokenizer path is resolved from the directory training ran
+    in (what precedes the relative save_dir in the checkpoint's real path), from any directory; else the error names
+    the places looked at and --tokenizer."""
+    save_dir, _ = trained_run
+    project = tmp_path / "moved-project"
+    old = Path(shutil.copytree(save_dir, project / "tiny-sa"))
+    (old / "tokenizer.model").unlink()
+    tokenizer = Path(shutil.copyfile(Path(save_dir).parent / "tok.model", project / "tok.model"))
+    monkeypatch.chdir(tmp_path)
+    args = ["generate", "--load", str(old), "--prompt", "First Citizen:", "--max-new-tokens", "6", "--temperature", "0"]
+    assert main(args) == 0 and capsys.readouterr().out.startswith("First Citizen:")
+
+    tokenizer.rename(tmp_path / "elsewhere.model")
+    assert main(args) == 2
+    (error,) = capsys.readouterr().err.splitlines()
+    assert error == (f"sa-megatron generate: error: {old} holds no tokenizer.model (older runs kept no copy) and its "
+                     f"recorded tokenizer.model tok.model is not at {project / 'tok.model'} or {tmp_path / 'tok.model'}; "
+                     "pass --tokenizer MODEL")
+    assert main(args + ["--tokenizer", "elsewhere.model"]) == 0 and capsys.readouterr().out.startswith("First Citizen:")
 
 
 def test_cli_eval_refuses_output_paths_before_evaluating(trained_run, tmp_path, capsys):

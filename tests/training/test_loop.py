@@ -28,7 +28,7 @@ def test_a_real_run_writes_every_tensorboard_scalar(corpus, tmp_path):
     train(tiny_config(*corpus, training={"train_iters": 4, "eval_interval": 2, "eval_iters": 1},
                       logging={"log_interval": 2, "tensorboard_dir": str(tmp_path / "tb"),
                                "peak_tflops_per_device": 1.0}))
-    written = scalars(tmp_path / "tb")
+    written = scalars(tmp_path / "tb" / "run")  # no save_dir or run_name: the run is called "run"
     expected = {"train/loss", "train/ppl", "train/lr", "train/grad_norm", "train/tokens_per_sec",
                 "train/tflops_per_device", "train/mfu", *memory_scalars(), "valid/loss", "valid/ppl",
                 *(f"{kind}/layer_{i}" for kind in ("x_attention/row_mass", "x_grad_norm/query", "x_grad_norm/key")
@@ -44,8 +44,8 @@ def test_grad_norm_at_zero_stage_0_equals_deepspeeds_at_stage_1(corpus, tmp_path
     for stage in (0, 1):
         log_dir = tmp_path / f"stage{stage}"
         train(tiny_config(*corpus, parallel={"zero_stage": stage}, training={"train_iters": 2},
-                          logging={"log_interval": 1, "tensorboard_dir": str(log_dir)}))
-        norms[stage] = scalars(log_dir)["train/grad_norm"]
+                          logging={"log_interval": 1, "tensorboard_dir": str(log_dir), "run_name": "grad"}))
+        norms[stage] = scalars(log_dir / "grad")["train/grad_norm"]
     assert set(norms[0]) == {1, 2}
     for step in (1, 2):
         assert norms[0][step] == pytest.approx(norms[1][step], rel=1e-5)

@@ -3,12 +3,14 @@
 import functools
 import math
 import re
+from pathlib import Path
 
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from sa_megatron.config import Config
+from sa_megatron.config import Config, load_config, run_name, tensorboard_logdir, tensorboard_run_dir
+from sa_megatron.errors import ConfigError
 from sa_megatron.training.metrics import LENGTH_PREFIX, MetricsLogger, format_duration, perplexity
 
 MEMORY_TAG = "x_memory/peak_gpu_allocated_gb" if torch.cuda.is_available() else "x_memory/rss_gb"
@@ -20,7 +22,9 @@ def make_config(tmp_path, *, precision="fp32", peak=0.0, tensorboard=True, train
     config.training.train_iters = train_iters
     config.training.precision = precision
     config.logging.peak_tflops_per_device = peak
-    config.logging.tensorboard_dir = str(tmp_path / "tb") if tensorboard else None
+    config.logging.tensorboard = tensorboard
+    config.logging.tensorboard_dir = str(tmp_path / "tb")
+    config.logging.run_name = "tiny"
     return config
 
 
@@ -44,7 +48,7 @@ def test_train_scalars_and_values(tmp_path):
                      attention_stats=STATS)
     logger.close()
 
-    got = scalars(read_events(tmp_path / "tb"))
+    got = scalars(read_events(tmp_path / "tb" / "tiny"))
     tflops = 6e6 * 20_000 / 4.0 / 2 / 1e12
     expected = {
         "train/loss": 4.5, "train/ppl": math.exp(4.5), "train/lr": 3e-4, "train/grad_norm": 1.25,
@@ -65,7 +69,7 @@ def test_mfu_needs_peak_and_loss_scale_needs_fp16(tmp_path):
     logger.log_train(1, loss=2.0, lr=1e-3, grad_norm=0.5, loss_scale=1.0, tokens=100, elapsed_s=1.0)
     logger.close()
 
-    tags = set(scalars(read_events(tmp_path / "tb")))
+    tags = set(scalars(read_events(tmp_path / "tb" / "tiny")))
     assert "train/mfu" not in tags
     assert "train/loss_scale" not in tags
     assert not any(tag.startswith(("x_attention/", "x_grad_norm/")) for tag in tags)
@@ -77,7 +81,7 @@ def test_eval_and_config_text(tmp_path):
     logger.log_eval(5, 3.0)
     logger.close()
 
-    events = read_events(tmp_path / "tb")
+    events = read_events(tmp_path / "tb" / "tiny")
     got = scalars(events)
     assert got["valid/loss"] == {5: pytest.approx(3.0)}
     assert got["valid/ppl"] == {5: pytest.approx(math.exp(3.0), rel=1e-6)}
@@ -99,6 +103,37 @@ def test_console_lines_without_tensorboard(tmp_path, capsys):
     assert train_line == "step 40/200 | loss 4.1234 | lr 3.0e-04 | 1856 tok/s | ETA 1m46s"
     assert re.fullmatch(r"eval at step 40 \| loss 4\.0000 \| ppl 54\.60", eval_line)
     assert not (tmp_path / "tb").exists()
+
+
+def test_tensorboard_logs_go_under_the_save_dir_by_default_into_a_folder_named_after_the_run(tmp_path, capsys):
+    config = Config()
+    config.checkpoint.save_dir = str(tmp_path / "ckpt" / "125M")
+    assert tensorboard_logdir(config) == str(tmp_path / "ckpt" / "125M" / "tensorboard")
+    run_dir = tmp_path / "ckpt" / "125M" / "tensorboard" / "125M"
+    assert tensorboard_run_dir(config) == run_dir
+
+    logger = MetricsLogger(config, flops_per_token=1e6, num_devices=1)
+    logger.log_train(1, loss=2.0, lr=1e-3, grad_norm=0.5, loss_scale=None, tokens=100, elapsed_s=1.0)
+    logger.close()
+    assert scalars(read_events(run_dir))["train/loss"] == {1: 2.0}
+    assert [p.name for p in (tmp_path / "ckpt" / "125M" / "tensorboard").iterdir()] == ["125M"]
+    first_line = capsys.readouterr().out.splitlines()[0]
+    assert first_line == (f"TensorBoard: run 125M logs to {run_dir}; view it with "
+                          f"tensorboard --logdir {tmp_path / 'ckpt' / '125M' / 'tensorboard'}")
+
+
+def test_tensorboard_settings():
+    config = Config()
+    assert tensorboard_logdir(config) is None and run_name(config) == "run"  # no save_dir, no logdir: no logs
+    config.checkpoint.save_dir = "ckpt/125M/"
+    assert (tensorboard_logdir(config), run_name(config)) == (str(Path("ckpt/125M/tensorboard")), "125M")
+    config.logging.tensorboard_dir, config.logging.run_name = "/tb", "sa-rope"
+    assert tensorboard_run_dir(config) == Path("/tb/sa-rope")
+    config.logging.tensorboard = False
+    assert tensorboard_logdir(config) is None and tensorboard_run_dir(config) is None
+    for bad in ("a/b", "..", ""):
+        with pytest.raises(ConfigError, match=f"logging.run_name '{re.escape(bad)}' must be one folder name"):
+            load_config([], [f"logging.run_name='{bad}'"])
 
 
 def test_eta_uses_mean_step_time_of_timed_steps_only(tmp_path, capsys):
@@ -182,7 +217,7 @@ def test_loss_lr_and_throughput_come_first_in_tensorboard(tmp_path):
     logger.log_skipped_step(11, math.nan, None, 1, 1, 3)
     logger.log_eval(10, 3.0)
     logger.close()
-    tags = [*scalars(read_events(tmp_path / "tb")), f"{LENGTH_PREFIX}ppl", f"{LENGTH_PREFIX}ppl_at_128"]
+    tags = [*scalars(read_events(tmp_path / "tb" / "tiny")), f"{LENGTH_PREFIX}ppl", f"{LENGTH_PREFIX}ppl_at_128"]
 
     groups = tensorboard_groups(tags)
     assert groups[:3] == ["train", "valid", "valid_length"], groups

@@ -50,7 +50,8 @@ def save_dir(saved, tmp_path):
 
 
 def test_checkpoint_directory_layout(saved, corpus):
-    assert sorted(p.name for p in saved.iterdir()) == ["latest", "losses.jsonl", "step_2", "step_4"]
+    assert sorted(p.name for p in saved.iterdir()) == ["latest", "losses.jsonl", "step_2", "step_4", "tensorboard",
+                                                       "tokenizer.model"]
     assert (saved / "latest").read_text().strip() == "step_4"
     step = saved / "step_4"
     assert sorted(p.name for p in step.iterdir()) == ["COMPLETE", "engine", "metadata.json", "rng"]
@@ -61,7 +62,9 @@ def test_checkpoint_directory_layout(saved, corpus):
     from sa_megatron.data import load_tokenizer
 
     assert metadata["tokenizer_sha256"] == load_tokenizer(corpus[0]).sha256
+    assert (saved / "tokenizer.model").read_bytes() == corpus[0].read_bytes()  # the run keeps its tokenizer
     assert metadata["config"]["model"]["vocab_size"] == load_tokenizer(corpus[0]).vocab_size
+    assert metadata["config"]["logging"]["run_name"] == "run"  # recorded for `eval --tensorboard-dir`
 
 
 def test_resume_continues_exactly(straight, save_dir, corpus):
@@ -109,7 +112,8 @@ def test_damaged_checkpoint_is_set_aside_and_never_counted_by_pruning(straight, 
     resumed = run(corpus, 6, save_dir, checkpoint={"keep_last": 1})
     assert resumed.resumed_from == 2 and resumed.losses == {s: straight.losses[s] for s in (3, 4, 5, 6)}
     names = sorted(p.name for p in save_dir.iterdir())
-    assert names[0].startswith("damaged-step_4.") and names[1:] == ["latest", "losses.jsonl", "step_6"], names
+    assert names[0].startswith("damaged-step_4.") and names[1:] == ["latest", "losses.jsonl", "step_6", "tensorboard",
+                                                                    "tokenizer.model"], names
     assert run(corpus, 6, save_dir).resumed_from == 6
 
 
@@ -159,8 +163,9 @@ def test_stop_signal_saves_and_stops_after_the_current_step(corpus, tmp_path):
 
 
 def test_load_for_inference(saved, corpus):
-    model, config, tokenizer_sha256 = load_for_inference(saved)
+    model, config, tokenizer_sha256, checkpoint = load_for_inference(saved)
     assert config.tokenizer.model == str(corpus[0]) and config.model.hidden_size == 64
+    assert checkpoint == saved / "step_4"
     assert tokenizer_sha256 == checkpoint_tokenizer(load_for_inference(saved)).sha256
     assert not model.training and all(p.dtype == torch.float32 for p in model.parameters())
     step_2 = load_for_inference(saved / "step_2").model
@@ -179,10 +184,11 @@ def test_load_for_inference_of_a_damaged_checkpoint_is_an_error(save_dir, damage
         load_for_inference(save_dir)
 
 
-def test_checkpoint_tokenizer_refuses_a_different_tokenizer(saved, other_tokenizer):
-    from dataclasses import replace
-
-    loaded = load_for_inference(saved)
-    config = replace(loaded.config, tokenizer=replace(loaded.config.tokenizer, model=str(other_tokenizer)))
-    with pytest.raises(CheckpointError, match="not the one this checkpoint was trained with"):
-        checkpoint_tokenizer(loaded._replace(config=config))
+def test_checkpoint_tokenizer_refuses_a_different_tokenizer(save_dir, other_tokenizer):
+    loaded = load_for_inference(save_dir)
+    with pytest.raises(CheckpointError, match=r"tokenizer .*other.model is not the one checkpoint .*step_4 was "
+                                              r"trained with \(sha256 \w{12}…, not \w{12}…\); pass the .model"):
+        checkpoint_tokenizer(loaded, other_tokenizer)
+    shutil.copyfile(other_tokenizer, save_dir / "tokenizer.model")  # a copy replaced by hand
+    with pytest.raises(CheckpointError, match=r"tokenizer.model is not the one .* pass --tokenizer MODEL"):
+        checkpoint_tokenizer(loaded)

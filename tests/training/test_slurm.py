@@ -96,7 +96,7 @@ def test_cli_submit_trains_data_parallel_on_two_tasks(cluster, corpus, tmp_path)
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["logging"]["tensorboard_dir"] == str(odd)
     wait_until_ended(tmp_path, job_id)
     assert job_state(job_id) == ("COMPLETED", "0:0"), job_report(tmp_path, job_id)
-    assert list(odd.glob("events.out.tfevents.*")), job_report(tmp_path, job_id)
+    assert list((odd / "checkpoints").glob("events.out.tfevents.*")), job_report(tmp_path, job_id)  # run: save_dir's name
     assert not list(Path(REPO).glob("PWNED*")) and not list(tmp_path.glob("PWNED*"))
     metadata = json.loads((save_dir / "step_4" / "metadata.json").read_text())
     assert metadata["parallel_layout"]["data_parallel"] == 2, metadata
