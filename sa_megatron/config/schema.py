@@ -160,7 +160,7 @@ class LoggingConfig:
     run_name: Optional[str] = doc(
         None, "The run's name in TensorBoard, a folder name: events go to tensorboard_dir/run_name; "
               "null = the name of checkpoint.save_dir's folder (ckpt/125M -> 125M), else 'run'.")
-    peak_tflops_per_device: float = doc(0.0, "Peak dense TFLOP/s of one device for MFU (e.g. 989 for H100 bf16); 0 = MFU not reported.", valid=Range(0, 1e6))
+    peak_tflops_per_device: float = doc(0.0, "Peak dense TFLOP/s of one device for MFU (e.g. 989 for H100 bf16); 0 = the datasheet peak of a known GPU (A100, H100, H200, L40S, B200) in bf16/fp16, else no MFU.", valid=Range(0, 1e6))
     attention_stats: bool = doc(True, "Log per-layer q/k gradient norms and mean attention row mass.")
 
 

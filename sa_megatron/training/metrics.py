@@ -2,8 +2,8 @@
 
 Throughput: `flops_per_token` is the model's training cost per token (forward + backward; the PaLM / Megatron
 count of `model.accounting.flops_per_token`), so TFLOP/s per device = flops_per_token × tokens / elapsed /
-num_devices / 1e12, and MFU divides that by `logging.peak_tflops_per_device` — a number the user supplies, never a
-hard-coded GPU peak (DESIGN §7).
+num_devices / 1e12, and MFU divides that by `logging.peak_tflops_per_device` when the user sets it, else by the
+datasheet peak of the run's GPU in bf16/fp16 (`peak_flops.py`); on CPU, in fp32 or on an unlisted GPU, no MFU.
 
 Tag names: TensorBoard groups tags by the part before the first '/', lists the groups by name (digits and '/'
 before other characters, then character codes) and opens the first two. So everything about the optimizer's progress
@@ -19,6 +19,7 @@ import torch
 import yaml
 
 from sa_megatron.config import Config, run_name, tensorboard_logdir, tensorboard_run_dir
+from sa_megatron.training.peak_flops import peak_tflops_per_device
 
 
 def perplexity(loss: float) -> float:
@@ -77,7 +78,7 @@ class MetricsLogger:
         self.flops_per_token = flops_per_token
         self.num_devices = num_devices
         self.total_iters = config.training.train_iters
-        self.peak_tflops = config.logging.peak_tflops_per_device
+        self.peak_tflops = peak_tflops_per_device(config.logging.peak_tflops_per_device, config.training.precision)
         self.logs_loss_scale = config.training.precision == "fp16"
         self._last_step = start_iter
         self._timed_steps = 0
@@ -113,7 +114,7 @@ class MetricsLogger:
             scalars["train/grad_norm"] = grad_norm
         if self.logs_loss_scale and loss_scale is not None:
             scalars["train/loss_scale"] = loss_scale
-        if self.peak_tflops > 0:
+        if self.peak_tflops is not None:
             scalars["train/mfu"] = tflops / self.peak_tflops
         scalars.update(memory_scalars())
         if attention_stats:
