@@ -64,7 +64,7 @@ def run_config(name: str, attention: str, tokenizer: Path, prefix: str, args) ->
 
 
 def plain_tokens_per_sec(raw: dict, stream: torch.Tensor, warmup: int, steps: int) -> float:
-    """The textbook loop: forward, loss, backward, clip, AdamW step."""
+    """The textbook loop: forward, loss, backward, clip, AdamW step (fused, as the trainer's)."""
     from sa_megatron.model import build_model, language_model_loss
 
     config = from_dict(raw)
@@ -73,7 +73,7 @@ def plain_tokens_per_sec(raw: dict, stream: torch.Tensor, warmup: int, steps: in
     torch.manual_seed(t.seed)
     model = build_model(m, padded_vocab_size(VOCAB, m.make_vocab_size_divisible_by, 1)).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.adam_eps,
-                                  weight_decay=o.weight_decay)
+                                  weight_decay=o.weight_decay, fused=True)  # the trainer's AdamW kernel
     window = m.seq_length + 1
     durations = []
     for step in range(warmup + steps):
