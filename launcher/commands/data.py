@@ -89,6 +89,7 @@ def inspect_command(args) -> None:
     from sa_megatron.data import check_dataset_tokenizer
     from sa_megatron.data.indexed_dataset import IndexedDataset
     from sa_megatron.data.preprocess import read_sidecar
+    from sa_megatron.data.splits import shares_text
     from sa_megatron.data.tokenizer import load_tokenizer
     from sa_megatron.errors import DataError
 
@@ -97,6 +98,10 @@ def inspect_command(args) -> None:
     sidecar = read_sidecar(args.prefix)
     if sidecar:
         print(f"tokenizer: vocab_size={sidecar['vocab_size']} sha256={sidecar['tokenizer_sha256']}")
+    if sidecar and "split" in sidecar:
+        split = sidecar["split"]
+        print(f"split: {split['name']} of --split {shares_text(split['shares'])} --split-by {split['by']} "
+              f"--split-seed {split['seed']}")
     if args.tokenizer and len(dataset):
         tokenizer = load_tokenizer(args.tokenizer)
         check_dataset_tokenizer(args.prefix, tokenizer.vocab_size, tokenizer.sha256)

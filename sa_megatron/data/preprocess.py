@@ -20,7 +20,8 @@ import numpy as np
 from sa_megatron.data.atomic import atomic_paths
 from sa_megatron.data.corpus import CorpusReader
 from sa_megatron.data.indexed_dataset import token_dtype, write_index
-from sa_megatron.data.splits import DEFAULT_SPLIT_SEED, SPLIT_NAMES, deal_files, interleave_splits
+from sa_megatron.data.splits import (DEFAULT_SPLIT_SEED, SPLIT_NAMES, deal_files, interleave_splits,
+                                     shares_text)
 from sa_megatron.data.tokenizer import load_tokenizer
 from sa_megatron.errors import DataError
 
@@ -217,9 +218,8 @@ def _check_not_empty(output: _Output, documents: int, total_documents: int) -> N
     """A split with a share but none of too few documents is an error, raised before any output is kept."""
     if documents == 0:
         split = output.sidecar_extra["split"]
-        shares = ",".join(f"{share:g}" for share in split["shares"])
-        raise DataError(f"--split {shares} --split-by documents gives the {split['name']} split none of the "
-                        f"{total_documents} documents; give it a larger share or more documents "
+        raise DataError(f"--split {shares_text(split['shares'])} --split-by documents gives the {split['name']} "
+                        f"split none of the {total_documents} documents; give it a larger share or more documents "
                         "(--doc-boundary line or blank-line makes more of them)")
 
 

@@ -12,6 +12,11 @@ SPLIT_NAMES = ("train", "valid", "test")
 DEFAULT_SPLIT_SEED = 1234
 
 
+def shares_text(shares) -> str:
+    """[98.0, 1.0, 1.0] -> "98,1,1", as --split and data.split write them."""
+    return ",".join(f"{share:g}" for share in shares)
+
+
 def interleave_splits(num_documents: int, shares, seed: int = DEFAULT_SPLIT_SEED) -> np.ndarray:
     """int8 split of each document, in proportion to the shares and spread evenly over the document order.
 

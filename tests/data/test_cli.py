@@ -124,7 +124,7 @@ def test_preprocess_with_a_held_out_split(shared_data, bpe_model, tmp_path, caps
     assert [line.split(":")[0] for line in lines] == [f"wrote {prefix}_{name}.bin/.idx"
                                                       for name in ("train", "valid", "test")]
     assert main(["data", "inspect", f"{prefix}_valid", "--tokenizer", str(bpe_model)]) == 0
-    assert json.loads(Path(f"{prefix}_valid.json").read_text())["split"]["seed"] == 1234
+    assert "\nsplit: valid of --split 98,1,1 --split-by documents --split-seed 1234\n" in capsys.readouterr().out
     assert main(["data", "preprocess", "--input", *books, "--tokenizer", str(bpe_model), "--output-prefix",
                  str(tmp_path / "files"), "--split", "2,1,0", "--split-by", "files", "--split-seed", "5"]) == 0
     assert json.loads((tmp_path / "files_train.json").read_text())["split"] == {
