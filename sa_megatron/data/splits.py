@@ -10,6 +10,9 @@ from sa_megatron.errors import DataError
 
 SPLIT_NAMES = ("train", "valid", "test")
 DEFAULT_SPLIT_SEED = 1234
+# How `data.split` assigns documents, recorded in checkpoints: a run of the consecutive-ranges code (before this
+# method) trained on other documents, including today's validation ones, so it must not be resumed by this code.
+DOCUMENT_SPLIT_METHOD = "interleaved"
 
 
 def shares_text(shares) -> str:

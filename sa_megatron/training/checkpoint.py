@@ -21,6 +21,7 @@ import torch.distributed as dist
 import sa_megatron
 from sa_megatron.config import Config, from_dict, to_dict
 from sa_megatron.errors import CheckpointError
+from sa_megatron.data.splits import DOCUMENT_SPLIT_METHOD
 from sa_megatron.parallel import topology
 from sa_megatron.training import checkpoint_files as files
 from sa_megatron.training.checkpoint_merge import merged_module_weights
@@ -49,7 +50,8 @@ def run_identity(config: Config, padded_vocab_size: int, data_parallel: int, tok
         # Sample order is a function of these: changing one on resume would silently change the next batches.
         "data_order": {"seed": config.training.seed, "global_batch_size": config.training.global_batch_size,
                        "seq_length": config.model.seq_length, "paths": list(config.data.paths),
-                       "weights": config.data.weights, "split": config.data.split},
+                       "weights": config.data.weights, "split": config.data.split,
+                       "document_split": DOCUMENT_SPLIT_METHOD},
         "tokenizer_sha256": tokenizer_sha256,
         "code_version": sa_megatron.__version__,
         "git_commit": _git_commit(),
@@ -127,6 +129,11 @@ def resumes_through_universal(save_dir, identity: dict) -> bool:
     return False
 
 
+def _union(saved: dict, current: dict) -> dict:
+    """The saved values, with None for fields the checkpoint predates (so a field added later is compared too)."""
+    return {**dict.fromkeys(current), **saved}
+
+
 def check_compatible(metadata: dict, identity: dict, checkpoint: Path) -> bool:
     """Raise unless this run can continue from `checkpoint`; True when it continues from the checkpoint's universal
     form (`universal.py`) because it runs at another layout."""
@@ -136,7 +143,7 @@ def check_compatible(metadata: dict, identity: dict, checkpoint: Path) -> bool:
     differences = [
         f"{key} {saved!r} (checkpoint) vs {identity[section].get(key)!r} (this run)"
         for section in ("model_shape", "parallel_layout", "data_order")
-        for key, saved in metadata.get(section, {}).items()
+        for key, saved in _union(metadata.get(section, {}), identity[section]).items()
         if identity[section].get(key) != saved and not _follows_layout(section, key, layout)
     ]
     if metadata.get("tokenizer_sha256") != identity["tokenizer_sha256"]:

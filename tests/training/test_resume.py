@@ -146,6 +146,16 @@ def test_data_order_mismatch_is_an_error(save_dir, corpus):
         run(corpus, 6, save_dir, data={"split": "80,20,0"})
 
 
+def test_checkpoint_of_the_consecutive_document_split_is_refused(save_dir, corpus):
+    """Checkpoints from before the interleaved data.split record no method: their run trained on other documents."""
+    for metadata_file in save_dir.glob("step_*/metadata.json"):
+        metadata = json.loads(metadata_file.read_text())
+        del metadata["data_order"]["document_split"]
+        metadata_file.write_text(json.dumps(metadata))
+    with pytest.raises(CheckpointError, match=r"document_split None \(checkpoint\) vs 'interleaved' \(this run\)"):
+        run(corpus, 6, save_dir)
+
+
 def test_stop_signal_saves_and_stops_after_the_current_step(corpus, tmp_path):
     save_dir = tmp_path / "run"
     losses = save_dir / "losses.jsonl"
