@@ -1,7 +1,8 @@
 """Attention speed and memory, side by side, printed as tables.
 
-CPU section: chunked vs eager SA, fwd+bwd time and peak RSS growth, each case in its own subprocess so one
-case's allocations never hide another's high-water mark.
+CPU section: SA fwd+bwd time and peak RSS growth of the eager, dense and chunked backends beside torch SDPA's
+softmax (the time SA competes with), each case in its own subprocess so one case's allocations never hide another's
+high-water mark.
 GPU section (only with CUDA): TFLOP/s and peak memory of Triton {softmax, sa, sa_raw} vs torch SDPA (flash and
 cuDNN backends), flash_attn when importable, and eager SA where it fits. FLOPs follow FlashAttention's convention:
 forward 4·B·H·N²·D (half if causal), backward 2.5x forward.
@@ -14,6 +15,7 @@ GPU rows use batch x heads >= 64 (enough programs to fill an H100/H200) and time
 (inputs require grad: the statistics for the backward are saved).
 """
 import argparse
+from functools import partial
 import json
 import pathlib
 import resource
@@ -24,13 +26,17 @@ import time
 
 import torch
 
+from kernels.api import sa_attention
 from kernels.chunked import chunked_attention
 from kernels.eager import eager_attention
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-CPU_BACKENDS = {"eager": eager_attention, "chunked": chunked_attention}
-# Eager keeps about this many fp32 N x N tensors per head alive at its peak (scores, masks, weights, grads).
-EAGER_SCORE_COPIES = 12
+# Column name: (backend, variant). SA's three backends beside the softmax that SDPA runs.
+CPU_CASES = {"sdpa softmax": ("sdpa", "softmax"), "eager sa": ("eager", "sa"), "dense sa": ("dense", "sa"),
+             "chunked sa": ("chunked", "sa")}
+# fp32 N x N tensors per head each backend keeps alive at its peak, to skip cases that would not fit: eager about
+# 12 (scores, masks, weights, grads), dense 1 (w and s over the causal half); chunked and sdpa none.
+SCORE_COPIES = {"eager": 12, "dense": 1}
 
 
 def parse_args():
@@ -48,8 +54,8 @@ def parse_args():
     return parser.parse_args()
 
 
-def eager_estimate_gib(batch, heads, n):
-    return EAGER_SCORE_COPIES * batch * heads * n * n * 4 / 2**30  # fp32 scores for every input dtype
+def score_matrices_gib(batch, heads, n, backend="eager"):
+    return SCORE_COPIES.get(backend, 0) * batch * heads * n * n * 4 / 2**30  # fp32 scores for every input dtype
 
 
 # ---------------------------------------------------------------- CPU
@@ -57,15 +63,18 @@ def eager_estimate_gib(batch, heads, n):
 
 def run_cpu_case(args):
     """Measure one (backend, N) case in this process; print a JSON line."""
-    backend, n = args.case.split(":")
+    name, n = args.case.split(":")
+    backend, variant = CPU_CASES[name]
     n = int(n)
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(args.batch, args.heads, n, 64, generator=gen).requires_grad_() for _ in range(3))
     dout = torch.randn(args.batch, args.heads, n, 64, generator=gen)
-    options = dict(variant="sa", causal=True)
+    options = dict(variant=variant, causal=True)
     if backend == "chunked":
         options["chunk_size"] = args.chunk_size
-    attention = CPU_BACKENDS[backend]
+        attention = chunked_attention
+    else:
+        attention = partial(sa_attention, backend=backend)
     # The first, untimed call sets the memory high-water mark and warms up the allocator and thread pool.
     baseline_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     attention(q, k, v, **options).backward(dout)
@@ -79,36 +88,30 @@ def run_cpu_case(args):
     print(json.dumps({"ms": 1e3 * statistics.median(times), "peak_mib": (peak_kib - baseline_kib) / 1024}))
 
 
-def measure_cpu_case(args, backend, n):
-    command = [sys.executable, "-m", "benchmarks.attention", "--case", f"{backend}:{n}", "--batch", str(args.batch),
+def measure_cpu_case(args, name, n):
+    command = [sys.executable, "-m", "benchmarks.attention", "--case", f"{name}:{n}", "--batch", str(args.batch),
                "--heads", str(args.heads), "--repeats", str(args.repeats), "--chunk-size", str(args.chunk_size)]
     result = subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPO_ROOT)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def cpu_section(args):
-    lengths = args.lengths or ([1024, 2048] if args.quick else [1024, 2048, 4096, 8192, 16384])
+    lengths = args.lengths or ([256, 1024, 2048] if args.quick else [256, 512, 1024, 2048, 4096, 8192, 16384])
     torch_threads = torch.get_num_threads()
-    print(f"\nCPU: SA attention fwd+bwd, causal, fp32, batch {args.batch}, heads {args.heads}, d 64, "
-          f"chunk {args.chunk_size}, {torch_threads} threads, median of {args.repeats}")
-    print(f"{'N':>6} | {'eager ms':>9} {'chunked ms':>10} {'ratio':>6} | {'eager MiB':>9} {'chunked MiB':>11} "
-          f"{'ratio':>6}")
+    print(f"\nCPU: attention fwd+bwd, causal, fp32, batch {args.batch}, heads {args.heads}, d 64, "
+          f"chunk {args.chunk_size}, {torch_threads} threads, median of {args.repeats}; x = time / sdpa softmax's")
+    print(f"{'N':>6} | " + " ".join(f"{name + ' ms':>15}" for name in CPU_CASES) + " | "
+          + " ".join(f"{name + ' MiB':>16}" for name in CPU_CASES if name != "sdpa softmax"))
     for n in lengths:
-        chunked = measure_cpu_case(args, "chunked", n)
-        eager = None
-        if eager_estimate_gib(args.batch, args.heads, n) <= args.eager_max_gib:
-            eager = measure_cpu_case(args, "eager", n)
-        print(f"{n:>6} | {_cell(eager, 'ms', 9)} {chunked['ms']:>10.1f} {_ratio(chunked, eager, 'ms')} | "
-              f"{_cell(eager, 'peak_mib', 9)} {chunked['peak_mib']:>11.1f} {_ratio(chunked, eager, 'peak_mib')}")
-    print("ratio = chunked / eager; '-' = eager skipped (estimated over --eager-max-gib)")
-
-
-def _cell(result, key, width):
-    return f"{result[key]:>{width}.1f}" if result else f"{'-':>{width}}"
-
-
-def _ratio(chunked, eager, key):
-    return f"{chunked[key] / eager[key]:>6.2f}" if eager and eager[key] > 0 else f"{'-':>6}"
+        results = {name: measure_cpu_case(args, name, n) for name, (backend, _) in CPU_CASES.items()
+                   if score_matrices_gib(args.batch, args.heads, n, backend) <= args.eager_max_gib}
+        peer = results["sdpa softmax"]["ms"]
+        times = [f"{results[name]['ms']:>8.1f} {results[name]['ms'] / peer:>5.2f}x" if name in results
+                 else f"{'-':>15}" for name in CPU_CASES]
+        memory = [f"{results[name]['peak_mib']:>16.1f}" if name in results else f"{'-':>16}"
+                  for name in CPU_CASES if name != "sdpa softmax"]
+        print(f"{n:>6} | {' '.join(times)} | {' '.join(memory)}")
+    print("'-' = skipped (its score matrices estimated over --eager-max-gib)")
 
 
 # ---------------------------------------------------------------- GPU
@@ -200,7 +203,7 @@ def gpu_rows(args, n, heads, head_dim, causal, backward, total_gib):
     flops = attention_flops(batch, heads, n, head_dim, causal, backward)
     results = {}
     for name, attention in gpu_peers(causal).items():
-        if name == "eager sa" and eager_estimate_gib(batch, heads, n) > min(args.eager_max_gib, total_gib / 2):
+        if name == "eager sa" and score_matrices_gib(batch, heads, n) > min(args.eager_max_gib, total_gib / 2):
             results[name] = "skipped: would not fit"
             continue
         results[name] = measure_gpu_peer(attention, q, k, v, dout, backward, args.repeats)

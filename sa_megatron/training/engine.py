@@ -97,6 +97,10 @@ def build_engine(config: Config, padded_vocab_size: int, data_parallel: int, loa
         config=deepspeed_config(config, data_parallel, load_universal),
         mpu=None if pipelined else topology.grid(),  # a PipelineModule brings its own grid
     )
+    if data_parallel == 1 and config.parallel.zero_stage == 0:
+        # Nothing to average over one data-parallel rank, yet DeepSpeed's ZeRO-0 path flattens, "all-reduces" and
+        # copies back every gradient each step (44 of 980 ms a step for a 20M model on 2 CPU cores).
+        engine.enable_backward_allreduce = False
     gate = StepGate(engine, config.optimizer.clip_grad) if needs_gate(config) else None
     if pipelined:
         steps = PipelineSteps(engine, config.model.num_layers, gate)
