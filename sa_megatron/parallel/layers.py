@@ -127,6 +127,8 @@ class VocabParallelEmbedding(nn.Module):
         self.weight = sharded_parameter((num_embeddings, embedding_dim), 0, init_method)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.vocab_end - self.vocab_start == self.num_embeddings:  # one rank holds every row: nothing to mask
+            return F.embedding(tokens, self.weight)
         outside = (tokens < self.vocab_start) | (tokens >= self.vocab_end)
         local_ids = (tokens - self.vocab_start).masked_fill(outside, 0)
         embedded = F.embedding(local_ids, self.weight).masked_fill(outside.unsqueeze(-1), 0.0)
