@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from kernels.problem import make_problem
+from kernels.problem import run_backend
 
 
 def _row_extremes_update(best, best_index, tile_values, tile_index, k_start, better):
@@ -152,9 +152,5 @@ class _ChunkedAttention(torch.autograd.Function):
 def chunked_attention(q, k, v, *, variant="sa", causal=True, scale=None, alibi_slopes=None, kerple=None, eps=1e-6,
                       chunk_size=256):
     """SA / softmax attention in O(N * chunk_size) memory, with a custom backward. Same semantics as eager."""
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    problem = make_problem(q, k, variant=variant, causal=causal, scale=scale, alibi_slopes=alibi_slopes,
-                           kerple=kerple, eps=eps, chunk=chunk_size)
-    kerple_p, kerple_a = (None, None) if kerple is None else kerple
-    return _ChunkedAttention.apply(q, k, v, kerple_p, kerple_a, problem)
+    return run_backend(_ChunkedAttention, q, k, v, tile=("chunk_size", chunk_size), variant=variant, causal=causal,
+                       scale=scale, alibi_slopes=alibi_slopes, kerple=kerple, eps=eps)

@@ -10,16 +10,9 @@ import math
 
 import torch
 
-from kernels.problem import make_problem
+from kernels.problem import run_backend
 
 DENSE_BLOCK_ROWS = 128  # measured on 2 CPU cores at s = 256-4096: 64-128 rows beat whole-matrix tiles by ~25%
-
-
-def _visible_keys(problem, q_start):
-    """Keys ``0 .. end`` that some row of the block at ``q_start`` can see."""
-    if not problem.causal:
-        return problem.n_k
-    return min(q_start + problem.chunk, problem.n_q) + problem.shift
 
 
 def _forward_block(problem, q, k, v, q_start):
@@ -85,7 +78,7 @@ def _backward_block(problem, q, k, v, dout, saved, rows):
 def _blocks(problem):
     """(row slice, number of visible keys, start row) per query block."""
     for q_start in problem.query_starts():
-        yield slice(q_start, q_start + problem.chunk), _visible_keys(problem, q_start), q_start
+        yield slice(q_start, q_start + problem.chunk), problem.visible_keys(q_start), q_start
 
 
 class _DenseAttention(torch.autograd.Function):
@@ -135,9 +128,5 @@ def dense_attention(q, k, v, *, variant="sa", causal=True, scale=None, alibi_slo
                     block_rows=DENSE_BLOCK_ROWS):
     """SA / softmax attention over whole score rows, ``block_rows`` query rows at a time, with a custom backward.
     Same semantics as eager; keeps the visible part of the score matrix twice (w and s) for the backward."""
-    if block_rows < 1:
-        raise ValueError(f"block_rows must be >= 1, got {block_rows}")
-    problem = make_problem(q, k, variant=variant, causal=causal, scale=scale, alibi_slopes=alibi_slopes,
-                           kerple=kerple, eps=eps, chunk=block_rows)
-    kerple_p, kerple_a = (None, None) if kerple is None else kerple
-    return _DenseAttention.apply(q, k, v, kerple_p, kerple_a, problem)
+    return run_backend(_DenseAttention, q, k, v, tile=("block_rows", block_rows), variant=variant, causal=causal,
+                       scale=scale, alibi_slopes=alibi_slopes, kerple=kerple, eps=eps)

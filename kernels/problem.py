@@ -1,4 +1,5 @@
-"""`Problem`: one attention call's settings and the tile arithmetic the PyTorch backends (chunked, dense) share."""
+"""`Problem`: one attention call's settings and the tile arithmetic the PyTorch backends (chunked, dense) share, and
+`run_backend`, their common entry."""
 import math
 from dataclasses import dataclass
 
@@ -31,10 +32,13 @@ class Problem:
     def query_starts(self):
         return range(0, self.n_q, self.chunk)
 
+    def visible_keys(self, q_start):
+        """How many keys (``0 ..``) some query of the tile at ``q_start`` can see."""
+        return min(q_start + self.chunk, self.n_q) + self.shift if self.causal else self.n_k
+
     def key_starts(self, q_start):
         """Key tiles that some query of the tile at ``q_start`` can see (fully hidden causal tiles are skipped)."""
-        last_visible = min(q_start + self.chunk, self.n_q) - 1 + self.shift if self.causal else self.n_k - 1
-        return range(0, last_visible + 1, self.chunk)
+        return range(0, self.visible_keys(q_start), self.chunk)
 
     def scores(self, q_tile, k_tile, q_start, k_start):
         """Scaled, biased scores of one tile in the statistics dtype, and its hidden mask (None if all visible)."""
@@ -57,9 +61,13 @@ class Problem:
         return kerple_param_grads(ds.sum(dim=0), *self.kerple, distance)
 
 
-def make_problem(q, k, *, variant, causal, scale, alibi_slopes, kerple, eps, chunk):
-    """Checks what the PyTorch backends share and fixes the call's settings (Kerple parameters detached: the
-    backends return their gradients by hand)."""
+def run_backend(function, q, k, v, *, tile, variant, causal, scale, alibi_slopes, kerple, eps):
+    """Checks what the PyTorch backends share, fixes the call's Problem and runs the backend's autograd `function`
+    (arguments q, k, v, Kerple's p and a, the Problem: p and a go apart, detached in the Problem, because the backends
+    return their gradients by hand). `tile`: (the backend's argument name, its tile size)."""
+    tile_name, tile_size = tile
+    if tile_size < 1:
+        raise ValueError(f"{tile_name} must be >= 1, got {tile_size}")
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     n_q, n_k = q.shape[-2], k.shape[-2]
@@ -67,6 +75,8 @@ def make_problem(q, k, *, variant, causal, scale, alibi_slopes, kerple, eps, chu
         check_causal_lengths(n_q, n_k)
     stats = statistics_dtype(q.dtype)
     kerple_params = None if kerple is None else tuple(t.detach().to(stats) for t in kerple)
-    return Problem(variant=variant, causal=causal, scale=1.0 / math.sqrt(q.shape[-1]) if scale is None else scale,
-                   eps=eps, chunk=chunk, n_q=n_q, n_k=n_k, heads=q.shape[1], stats=stats,
-                   alibi_slopes=alibi_slopes, kerple=kerple_params)
+    problem = Problem(variant=variant, causal=causal, scale=1.0 / math.sqrt(q.shape[-1]) if scale is None else scale,
+                      eps=eps, chunk=tile_size, n_q=n_q, n_k=n_k, heads=q.shape[1], stats=stats,
+                      alibi_slopes=alibi_slopes, kerple=kerple_params)
+    kerple_p, kerple_a = (None, None) if kerple is None else kerple
+    return function.apply(q, k, v, kerple_p, kerple_a, problem)
