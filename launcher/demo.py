@@ -6,7 +6,6 @@ written after the newest checkpoint with the same arguments.
 """
 
 import argparse
-import hashlib
 import json
 import shlex
 import subprocess
@@ -98,12 +97,14 @@ def demo_data(data_dir: Path, config, corpus: Optional[str]):
 def prepared_data(data_dir: Path, config):
     """What DATA_RECORD names, when made for this tokenizer config and every dataset's sidecar names the tokenizer's
     sha256 and matches its .bin's size; else None."""
+    from sa_megatron.data.tokenizer import model_sha256
+
     try:
         record = json.loads((data_dir / DATA_RECORD).read_text(encoding="utf-8"))
         if (record["vocab_size"], record["model_type"]) != (config.tokenizer.vocab_size, config.tokenizer.model_type):
             return None
         tokenizer = data_dir / record["tokenizer"]
-        sha256 = hashlib.sha256(tokenizer.read_bytes()).hexdigest()
+        sha256 = model_sha256(tokenizer.read_bytes())
         prefixes = [str(data_dir / record[split]) for split in ("train", "valid")]
     except (OSError, ValueError, KeyError, TypeError):  # no record, or one that is not ours
         return None

@@ -24,6 +24,11 @@ SEPARATORS = re.compile("(\n|\u2581)")
 MIN_VOCAB_SIZE = 256 + len(SPECIAL_IDS) + 2  # byte-fallback pieces, special ids, "\n", at least one character
 
 
+def model_sha256(model_bytes: bytes) -> str:
+    """A tokenizer's identity, as checkpoints and dataset sidecars record it: the sha256 of its .model file."""
+    return hashlib.sha256(model_bytes).hexdigest()
+
+
 class Tokenizer:
     """A loaded sentencepiece model. `vocab_size` is the real size; the model pads it for tensor parallelism."""
 
@@ -31,7 +36,7 @@ class Tokenizer:
         import sentencepiece
 
         self.source = source
-        self.sha256 = hashlib.sha256(model_bytes).hexdigest()
+        self.sha256 = model_sha256(model_bytes)
         self._sp = sentencepiece.SentencePieceProcessor()
         try:
             self._sp.LoadFromSerializedProto(model_bytes)

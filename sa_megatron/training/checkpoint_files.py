@@ -14,7 +14,6 @@
       damaged-step_N.T/      a step_N that resume could not use, set aside (at unix time T) rather than deleted
 """
 
-import hashlib
 import json
 import os
 import re
@@ -23,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from sa_megatron.data.tokenizer import model_sha256
 from sa_megatron.errors import CheckpointError
 
 ENGINE_TAG = "engine"
@@ -125,10 +125,10 @@ def store_tokenizer(save_dir: Path, source: Path, sha256: str) -> None:
     """Copy the tokenizer at `source` (whose sha256 the run computed when it loaded it) to save_dir/tokenizer.model,
     atomically, unless that copy is already this tokenizer. Refuses a source changed since it was loaded."""
     copy = save_dir / TOKENIZER
-    if copy.is_file() and hashlib.sha256(copy.read_bytes()).hexdigest() == sha256:
+    if copy.is_file() and model_sha256(copy.read_bytes()) == sha256:
         return
     data = source.read_bytes()
-    if hashlib.sha256(data).hexdigest() != sha256:
+    if model_sha256(data) != sha256:
         raise CheckpointError(f"tokenizer {source} changed while the run was starting; start it again")
     temp = save_dir / f".{TOKENIZER}.tmp"
     write_bytes_durably(temp, data)
