@@ -47,7 +47,7 @@ class Problem:
         bias = position_bias(n_q, n_k, self.heads, self.alibi_slopes, self.kerple, dtype=self.stats,
                              device=x.device, q_offset=q_start + self.shift, k_offset=k_start)
         if bias is not None:
-            x = x + bias
+            x.add_(bias)  # x is fresh
         hidden = None
         if self.causal and k_start + n_k - 1 > q_start + self.shift:
             hidden = ~causal_visible(n_q, n_k, device=x.device, q_offset=q_start + self.shift, k_offset=k_start)
